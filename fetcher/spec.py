@@ -1,0 +1,200 @@
+"""The query: what one team-stats report request asks for.
+
+A :class:`QuerySpec` is frozen and validated on construction, so an invalid
+query fails before any request is sent, with an error naming the field. It
+renders the exact JSON body the vendor's reference page documents
+(:meth:`QuerySpec.body`): camelCase keys and dates such as
+``2024-01-01T00:00:00.000+00:00``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "EMAIL_METRICS",
+    "MAX_PAGE_SIZE",
+    "METRICS_BY_TYPE",
+    "PROSPECT_METRICS",
+    "CountBy",
+    "QuerySpec",
+    "ReportType",
+    "SortOrder",
+    "format_api_datetime",
+]
+
+ReportType = Literal["prospect", "email"]
+CountBy = Literal["relative", "absolute"]
+SortOrder = Literal["asc", "desc"]
+
+#: Metrics of a ``type: "prospect"`` report, in the reference page's order.
+#: They are the valid ``orderBy`` values and the count fields of each row.
+PROSPECT_METRICS: Final[tuple[str, ...]] = (
+    "prospectAdded",
+    "prospectContacted",
+    "opened",
+    "clicked",
+    "replied",
+    "unSubscribed",
+    "bounced",
+    "Uncategorized",
+    "Interested",
+    "Not Interested",
+    "Meeting Booked",
+    "Out of Office",
+    "Closed",
+    "Not Now",
+    "Do Not Contact",
+)
+
+#: Metrics of a ``type: "email"`` report, in the reference page's order.
+EMAIL_METRICS: Final[tuple[str, ...]] = (
+    "prospectContacted",
+    "emailSent",
+    "opened",
+    "clicked",
+    "replied",
+    "bounced",
+)
+
+METRICS_BY_TYPE: Final[dict[str, tuple[str, ...]]] = {
+    "prospect": PROSPECT_METRICS,
+    "email": EMAIL_METRICS,
+}
+
+#: Default ``orderBy`` per report type: its headline count.
+DEFAULT_ORDER_BY: Final[dict[str, str]] = {"prospect": "prospectAdded", "email": "emailSent"}
+
+#: Records per page when none is given (the value one public integration uses).
+DEFAULT_PAGE_SIZE: Final = 50
+
+#: The largest page size fetcher will ask for. The API publishes no maximum;
+#: 1,000 rows of a few dozen fields is about 0.5 MB per response.
+MAX_PAGE_SIZE: Final = 1000
+
+
+def format_api_datetime(value: dt.datetime) -> str:
+    """Render an aware datetime the way the API's reference page does.
+
+    Args:
+        value: a time-zone aware datetime.
+
+    Returns:
+        ISO 8601 with milliseconds and a ``+HH:MM`` offset, e.g.
+        ``2024-01-01T00:00:00.000+00:00``.
+
+    Raises:
+        ValueError: if ``value`` is naive.
+    """
+    if value.utcoffset() is None:
+        raise ValueError("datetime must be time-zone aware")
+    return value.isoformat(timespec="milliseconds")
+
+
+def _check_user_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+    cleaned = tuple(user_id.strip() for user_id in value)
+    blanks = [i for i, user_id in enumerate(cleaned) if not user_id]
+    if blanks:
+        raise ValueError(f"user id at position {blanks[0]} is blank; remove empty entries")
+    seen: set[str] = set()
+    duplicates = [u for u in cleaned if u in seen or seen.add(u)]  # type: ignore[func-returns-value]
+    if duplicates:
+        raise ValueError(f"user id {duplicates[0]!r} is listed more than once; list each user once")
+    return cleaned
+
+
+UserIds = Annotated[tuple[str, ...], Field(min_length=1), AfterValidator(_check_user_ids)]
+
+
+class QuerySpec(BaseModel):
+    """One team-stats report: which users, which window, which report type.
+
+    Args:
+        user_ids: encrypted user ids (non-empty, unique, no blanks).
+        start: start of the window, time-zone aware.
+        end: end of the window, time-zone aware, not before ``start``.
+        type: ``"prospect"`` or ``"email"``.
+        count_by: ``"absolute"`` (default) or ``"relative"``.
+        order_by: the metric to sort by; must belong to ``type``'s metrics.
+            Defaults to ``prospectAdded`` (prospect) or ``emailSent`` (email).
+        sort_order: ``"desc"`` (default) or ``"asc"``.
+        page_size: records per page, 1 to :data:`MAX_PAGE_SIZE`.
+
+    Raises:
+        pydantic.ValidationError: naming the field that is wrong.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_ids: UserIds
+    start: AwareDatetime
+    end: AwareDatetime
+    type: ReportType
+    count_by: CountBy = "absolute"
+    order_by: str | None = None
+    sort_order: SortOrder = "desc"
+    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+    @model_validator(mode="after")
+    def _check_window_and_order(self) -> Self:
+        if self.start > self.end:
+            raise ValueError(
+                f"start ({format_api_datetime(self.start)}) is after end "
+                f"({format_api_datetime(self.end)}); swap them"
+            )
+        metrics = METRICS_BY_TYPE[self.type]
+        if self.order_by is None:
+            object.__setattr__(self, "order_by", DEFAULT_ORDER_BY[self.type])
+        elif self.order_by not in metrics:
+            raise ValueError(
+                f"order_by {self.order_by!r} is not a {self.type} metric; "
+                f"use one of: {', '.join(metrics)}"
+            )
+        return self
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric fields this report type returns."""
+        return METRICS_BY_TYPE[self.type]
+
+    @property
+    def sort_field(self) -> str:
+        """The resolved ``orderBy`` (the type's default when none was given)."""
+        assert self.order_by is not None  # set by the validator
+        return self.order_by
+
+    @property
+    def key(self) -> str:
+        """A short stable identifier of this query, for logs, reports and checkpoints."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return f"{self.type}:{self.start.date()}..{self.end.date()}:{digest}"
+
+    def body(self, page: int) -> dict[str, Any]:
+        """The JSON request body for one page, exactly as the reference page documents it.
+
+        Args:
+            page: 1-based page number.
+        """
+        return {
+            "userIds": list(self.user_ids),
+            "startDate": format_api_datetime(self.start),
+            "endDate": format_api_datetime(self.end),
+            "countBy": self.count_by,
+            "limit": self.page_size,
+            "page": page,
+            "sortOrder": self.sort_order,
+            "orderBy": self.sort_field,
+            "type": self.type,
+        }
