@@ -1,0 +1,300 @@
+"""The client: one page at a time, and every page of a query as an async iterator.
+
+:meth:`Client.fetch_page` is the whole life of one page: a turn from the
+limiter, the transport, the status check, the parse, and the retry policy
+around all of it. :meth:`Client.pages` runs the paginator
+(:mod:`fetcher.runner`) in the client's own task group and hands pages out as
+they arrive::
+
+    async with Client(api_key=key) as client:
+        async for page in client.pages(spec):
+            ...
+
+The API key is held as a :class:`pydantic.SecretStr`; it goes into the
+``x-api-key`` header and nowhere else, and is scrubbed from any response text
+quoted in an error.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import anyio
+import orjson
+import structlog
+from anyio.abc import TaskGroup
+from pydantic import SecretStr
+
+from fetcher._version import __version__
+from fetcher.errors import (
+    APIError,
+    AuthError,
+    ConfigError,
+    FetcherError,
+    PageRef,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+)
+from fetcher.limits import Limiter, Rate
+from fetcher.models import Page, ResponseShape, parse_page
+from fetcher.retry import RetryPolicy, parse_retry_after
+from fetcher.spec import QuerySpec
+from fetcher.transport import AiohttpTransport, Request, Response, Transport
+
+if TYPE_CHECKING:
+    from fetcher.runner import PageStream
+
+__all__ = ["DEFAULT_BASE_URL", "TEAM_STATS_PATH", "Client"]
+
+DEFAULT_BASE_URL: Final = "https://open-api.saleshandy.com"
+TEAM_STATS_PATH: Final = "/v1/analytics/team/stats"
+DEFAULT_CONCURRENCY: Final = 16
+
+log = structlog.get_logger("fetcher.client")
+
+
+def _snippet(content: bytes, secret: str, limit: int = 300) -> str:
+    text = content[:limit].decode("utf-8", errors="replace")
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _api_message(content: bytes) -> str:
+    """The ``message`` of an error body, whatever its shape."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(body, dict):
+        message = body.get("message", "")
+        if isinstance(message, list):
+            return "; ".join(map(str, message))
+        return str(message)
+    return ""
+
+
+class Client:
+    """An async client for the team-stats endpoint.
+
+    Args:
+        api_key: the Saleshandy Open API key (``x-api-key``).
+        base_url: the API's base URL; the simulator's for tests and demos.
+        concurrency: pages fetched at once per run (and requests in flight).
+        rate_limit: a ceiling such as ``"30/min"``; the limiter also follows
+            the server's rate-limit headers and refusals.
+        timeout: seconds for one request.
+        retry: the retry policy; see :class:`~fetcher.retry.RetryPolicy`.
+        shape: where the records are in a response; detected by default.
+        transport: how requests are sent; aiohttp by default.
+        limiter: share one limiter between clients; built from the above by default.
+
+    Raises:
+        ConfigError: for a missing key or a malformed setting.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | SecretStr,
+        base_url: str = DEFAULT_BASE_URL,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        rate_limit: Rate | str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        shape: ResponseShape | None = None,
+        transport: Transport | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        if not key or not key.strip():
+            raise ConfigError(
+                "no API key; set SALESHANDY_API_KEY or pass --api-key-file", field="api_key"
+            )
+        if concurrency < 1:
+            raise ConfigError("must be at least 1", field="concurrency")
+        if isinstance(rate_limit, str):
+            try:
+                rate_limit = Rate.parse(rate_limit)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="rate_limit") from None
+        self._api_key = SecretStr(key.strip())
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.shape = shape or ResponseShape()
+        self.limiter = limiter or Limiter(rate=rate_limit, max_in_flight=concurrency)
+        self._transport: Transport = transport or AiohttpTransport(
+            timeout=timeout, max_connections=max(concurrency, 1) * 2
+        )
+        self._rng = random.Random()  # noqa: S311  (backoff jitter)
+        self._task_group: TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self.base_url!r}, concurrency={self.concurrency})"
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        task_group, self._task_group = self._task_group, None
+        try:
+            if task_group is not None:
+                # Streams the caller abandoned are cancelled with the client. The
+                # caller's own exception is not handed to the task group (it would
+                # come back wrapped in an ExceptionGroup); it propagates unchanged.
+                task_group.cancel_scope.cancel()
+                await task_group.__aexit__(None, None, None)
+        finally:
+            await self._transport.aclose()
+
+    # -- one page ---------------------------------------------------------
+
+    def _request(self, spec: QuerySpec, number: int) -> Request:
+        return Request(
+            method="POST",
+            url=self.base_url + TEAM_STATS_PATH,
+            headers={
+                "x-api-key": self._api_key.get_secret_value(),
+                "content-type": "application/json",
+                "accept": "application/json",
+                "user-agent": f"fetcher/{__version__}",
+            },
+            content=orjson.dumps(spec.body(number)),
+            page=PageRef(spec.key, number),
+        )
+
+    def check_response(self, response: Response, ref: PageRef) -> None:
+        """Raise the error class a non-2xx response stands for.
+
+        Raises:
+            AuthError: the key was refused (400 "Invalid token", 401, 403).
+            RateLimitedError: 429, or a 400 whose message says "Rate Limit".
+            ServerError: 5xx or 408.
+            RequestRejectedError: any other non-2xx, including a redirect.
+        """
+        status = response.status
+        if 200 <= status < 300:
+            return
+        secret = self._api_key.get_secret_value()
+        message = _api_message(response.content).replace(secret, "***")
+        body = _snippet(response.content, secret)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        said = f": {message}" if message else ""
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "page": ref,
+            "retry_after": retry_after,
+            "body": body,
+        }
+        lowered = message.lower()
+        if status in (401, 403) or (status == 400 and _is_auth_body(response.content, lowered)):
+            raise AuthError(
+                f"the API refused the key (HTTP {status}{said}); check SALESHANDY_API_KEY "
+                "or the key file, and that --base-url is the right API",
+                **kwargs,
+            )
+        if status == 429 or (status == 400 and "rate limit" in lowered):
+            raise RateLimitedError(f"rate limited (HTTP {status}{said})", **kwargs)
+        if status >= 500 or status == 408:
+            raise ServerError(f"server error (HTTP {status}{said})", **kwargs)
+        if 300 <= status < 400:
+            location = response.headers.get("location", "?")
+            raise RequestRejectedError(
+                f"redirected (HTTP {status}) to {location}; fetcher does not follow redirects "
+                "with the API key. Set --base-url to the final address",
+                **kwargs,
+            )
+        raise RequestRejectedError(f"request rejected (HTTP {status}{said})", **kwargs)
+
+    async def fetch_page(self, spec: QuerySpec, number: int) -> Page:
+        """Fetch and parse one page, retrying as the retry policy says.
+
+        Args:
+            spec: the query.
+            number: 1-based page number.
+
+        Raises:
+            FetcherError: the last error once the page has run out of attempts,
+                or at once for an error that is not retried (e.g. AuthError).
+        """
+        request = self._request(spec, number)
+        ref = request.page
+        assert ref is not None
+        started = time.monotonic()
+        attempts = 0
+
+        def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            log.warning(
+                "page.retry",
+                query=ref.query,
+                page=ref.page,
+                attempt=attempt,
+                reason=_reason(exc),
+                wait_s=round(wait, 3),
+            )
+
+        try:
+            async for attempt in self.retry.retrying(rng=self._rng, on_retry=on_retry):
+                with attempt:
+                    attempts += 1
+                    page = await self._attempt(request, spec, number, ref)
+        except FetcherError as exc:
+            exc.attempts = attempts
+            raise
+        return replace(page, attempts=attempts, elapsed_s=time.monotonic() - started)
+
+    async def _attempt(self, request: Request, spec: QuerySpec, number: int, ref: PageRef) -> Page:
+        async with self.limiter.slot():
+            response = await self._transport.send(request)
+        self.limiter.observe(response.status, response.headers)
+        try:
+            self.check_response(response, ref)
+        except RateLimitedError as exc:
+            self.limiter.refused(exc.retry_after, response.headers)
+            raise
+        return parse_page(response.content, query=spec, number=number, shape=self.shape)
+
+    # -- every page ---------------------------------------------------------
+
+    def pages(self, queries: QuerySpec | Iterable[QuerySpec]) -> PageStream:
+        """Every page of one or more queries, concurrently, each exactly once.
+
+        Pages arrive in completion order, each tagged with its query and page
+        number. Use inside ``async with client:``; iterate with ``async for``.
+        Errors that stop the run (a refused key, a page that ran out of
+        retries) are raised from the iteration.
+
+        Args:
+            queries: one query or several; they share this client's limiter.
+        """
+        from fetcher.runner import PageStream, Paginator  # noqa: PLC0415  (import cycle)
+
+        if self._task_group is None:
+            raise RuntimeError("use the client as `async with Client(...) as client:` first")
+        specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
+        paginator = Paginator(self, specs)
+        return PageStream.start(self._task_group, paginator, buffer=self.concurrency * 2)
+
+
+def _is_auth_body(content: bytes, lowered_message: str) -> bool:
+    if "invalid token" in lowered_message or "unauthori" in lowered_message:
+        return True
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("type") == "auth"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__
