@@ -1,0 +1,225 @@
+"""Which page to fetch next: the pagination plan of each query, as pure state.
+
+No I/O here, so the paging rules are tested without a server or an event loop.
+
+Rules of one query (:class:`QueryPlan`):
+
+* Page 1 goes first; nothing else of the query is handed out until it is back.
+* If page 1 carries a total (``meta.totalPages``, or ``totalItems`` and the
+  page size), the query's last page is known and pages 2..N are handed out
+  as fast as workers ask for them.
+* Without a total, pages are handed out one after another, so at most as
+  many pages run ahead as there are workers; the first short page is the
+  last one, an empty page ends the query before itself, and any page past
+  the end is discarded, not delivered.
+* A page is delivered at most once. A page that failed is recorded with its
+  error; the others go on. If page 1 fails the query's size is unknown and
+  the whole query counts as failed.
+
+:class:`Schedule` interleaves many queries over one pool of workers: it
+prefers pages of queries already started (so they finish, and memory and
+checkpoints stay small) and starts the next query when none of those has a
+page to hand out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from fetcher.errors import FetcherError, ResponseError
+
+if TYPE_CHECKING:
+    from fetcher.models import Page
+    from fetcher.spec import QuerySpec
+
+__all__ = ["DEFAULT_MAX_PAGES", "QueryPlan", "Schedule"]
+
+#: Pages one query may have before fetcher refuses to believe it (a hostile or
+#: broken ``totalPages`` must not turn into a billion requests).
+DEFAULT_MAX_PAGES: Final = 10_000
+
+
+@dataclass(slots=True)
+class QueryPlan:
+    """The paging state of one query.
+
+    Args:
+        spec: the query.
+        max_pages: the most pages this query may have.
+        skip: pages already written in an earlier run (resume); not fetched again.
+    """
+
+    spec: QuerySpec
+    max_pages: int = DEFAULT_MAX_PAGES
+    skip: frozenset[int] = frozenset()
+    #: the last page, once known (from meta or from the first short page)
+    end: int | None = None
+    #: the total the API reported on page 1, if it did
+    total_pages: int | None = None
+    total_items: int | None = None
+    done: set[int] = field(default_factory=set)
+    failed: dict[int, FetcherError] = field(default_factory=dict)
+    discarded: int = 0
+    records: int = 0
+    _next: int = 1
+    _in_flight: set[int] = field(default_factory=set)
+    _page_one_back: bool = False
+
+    @property
+    def key(self) -> str:
+        """The query's key (see :attr:`QuerySpec.key`)."""
+        return self.spec.key
+
+    @property
+    def started(self) -> bool:
+        """Whether any page of this query has been handed out."""
+        return self._next > 1
+
+    @property
+    def finished(self) -> bool:
+        """Every page up to the end is done or failed, and nothing is in flight."""
+        return (
+            self._page_one_back
+            and self.end is not None
+            and self._next > self.end
+            and not self._in_flight
+        )
+
+    @property
+    def missing(self) -> dict[int, FetcherError]:
+        """Failed pages that are within the query (pages past the end don't count)."""
+        end = self.end if self.end is not None else math.inf
+        return {n: e for n, e in sorted(self.failed.items()) if n <= end}
+
+    @property
+    def query_failed(self) -> bool:
+        """Page 1 failed, so the size of the query is unknown."""
+        return 1 in self.failed
+
+    def take(self) -> int | None:
+        """The next page number to fetch, or ``None`` if there is none right now."""
+        if self._next == 1:
+            return self._hand_out()
+        if not self._page_one_back:
+            return None  # page 1 first: it tells how many pages there are
+        while self._next in self.skip:
+            self._next += 1
+        limit = self.end if self.end is not None else self.max_pages
+        if self._next > limit:
+            if self.end is None and not self._in_flight:
+                # No end in sight after max_pages: stop rather than page forever.
+                self._fail_open_ended()
+            return None
+        return self._hand_out()
+
+    def _hand_out(self) -> int:
+        number = self._next
+        self._next += 1
+        self._in_flight.add(number)
+        return number
+
+    def _fail_open_ended(self) -> None:
+        # Record the page past the cap as missing, and hand out nothing more.
+        self.end = self.max_pages + 1
+        self._next = self.end + 1
+        self.failed[self.end] = ResponseError(
+            f"no last page after {self.max_pages} pages; the API never returned a short "
+            "page. Raise max_pages if the report really is this large"
+        )
+
+    def _set_end(self, end: int) -> None:
+        self.end = end if self.end is None else min(self.end, end)
+
+    def complete(self, page: Page) -> bool:
+        """Record a fetched page; return whether to deliver it."""
+        number = page.number
+        count = len(page.records)
+        self._in_flight.discard(number)
+        size = self.spec.page_size
+        if number == 1:
+            self._page_one_back = True
+            total = page.meta.pages_for(size) if page.meta is not None else None
+            if total is not None:
+                self.total_pages = total
+                self.total_items = page.meta.total_items if page.meta else None
+                if total > self.max_pages:
+                    self.end = 1
+                    self.failed[1] = ResponseError(
+                        f"the API reports {total:,} pages, more than max_pages "
+                        f"({self.max_pages:,}); refusing. Narrow the query or raise max_pages",
+                        page=page.ref,
+                    )
+                    return False
+                self._set_end(max(total, 1))
+        if self.total_pages is None:
+            if count == 0:
+                self._set_end(max(number - 1, 1))
+            elif count < size:
+                self._set_end(number)
+        if number in self.done or number in self.skip:
+            self.discarded += 1
+            return False
+        if self.end is not None and number > self.end:
+            self.discarded += 1
+            return False
+        self.done.add(number)
+        self.records += count
+        return True
+
+    def fail(self, number: int, error: FetcherError) -> None:
+        """Record that a page ran out of attempts."""
+        self._in_flight.discard(number)
+        if number == 1:
+            self._page_one_back = True
+            self._set_end(1)
+        self.failed[number] = error
+
+
+@dataclass(slots=True)
+class Schedule:
+    """Hands out (query, page) jobs across many queries to one pool of workers."""
+
+    pending: deque[QueryPlan]
+    active: list[QueryPlan] = field(default_factory=list)
+    finished_plans: list[QueryPlan] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, plans: Iterable[QueryPlan]) -> Schedule:
+        """A schedule over ``plans``, started in the given order."""
+        return cls(pending=deque(plans))
+
+    @property
+    def plans(self) -> list[QueryPlan]:
+        """Every plan: finished, active and pending."""
+        return [*self.finished_plans, *self.active, *self.pending]
+
+    @property
+    def finished(self) -> bool:
+        """Nothing pending and nothing active."""
+        return not self.pending and not self.active
+
+    def take(self) -> tuple[QueryPlan, int] | None:
+        """The next job, or ``None`` when every page is handed out or waiting on page 1."""
+        self._retire()
+        for plan in self.active:
+            number = plan.take()
+            if number is not None:
+                return plan, number
+        while self.pending:
+            plan = self.pending.popleft()
+            self.active.append(plan)
+            number = plan.take()
+            if number is not None:
+                return plan, number
+        self._retire()
+        return None
+
+    def _retire(self) -> None:
+        still: list[QueryPlan] = []
+        for plan in self.active:
+            (self.finished_plans if plan.finished else still).append(plan)
+        self.active = still

@@ -1,0 +1,509 @@
+"""The run: a pool of workers, one memory stream, one writer.
+
+::
+
+    Schedule ──► worker x concurrency ──► memory stream (bounded) ──► writer ──► sink
+      (plan)      client.fetch_page                                  (one task)
+
+Every task lives in an anyio task group. Workers take (query, page) jobs from
+the :class:`~fetcher.plan.Schedule`, fetch them through the client (limiter,
+transport, retries) and send finished pages into a bounded memory object
+stream. One writer drains the stream into the sink, so sinks need no locks,
+and a slow sink fills the stream and then holds the workers, instead of
+filling memory.
+
+A page that runs out of attempts is recorded and the run goes on, so every
+other page is still fetched and written; the run then ends as incomplete and
+the summary lists what is missing. Some errors stop the run at once: a
+refused key, and a connection failure before anything has succeeded (a wrong
+host or port would otherwise be retried for every page).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fetcher.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    FetcherError,
+    IncompleteRunError,
+    SinkError,
+    TLSError,
+)
+from fetcher.plan import DEFAULT_MAX_PAGES, QueryPlan, Schedule
+from fetcher.spec import QuerySpec
+
+if TYPE_CHECKING:
+    from fetcher.client import Client
+    from fetcher.models import Page
+    from fetcher.sinks import Sink
+
+__all__ = ["FailedPage", "PageStream", "Paginator", "RunSummary", "export"]
+
+log = structlog.get_logger("fetcher.runner")
+
+RunStatus = Literal["ok", "incomplete", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedPage:
+    """A page that was not fetched, with the last error it got."""
+
+    query: str
+    page: int
+    error: str
+    error_type: str
+    status: int | None
+    attempts: int
+
+    @classmethod
+    def of(cls, query: str, page: int, error: FetcherError) -> FailedPage:
+        """Describe ``error`` for the report."""
+        return cls(
+            query=query,
+            page=page,
+            error=error.message,
+            error_type=type(error).__name__,
+            status=getattr(error, "status", None),
+            attempts=error.attempts,
+        )
+
+
+@dataclass(slots=True)
+class QueryResult:
+    """What happened to one query."""
+
+    query: str
+    type: str
+    window_start: str
+    window_end: str
+    users: int
+    total_pages: int | None
+    total_items: int | None
+    pages: int
+    records: int
+    failed_pages: list[int]
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What a run did; returned by :func:`export` and written as the run report.
+
+    ``status`` is ``"ok"`` only when every page of every query was fetched and
+    written; ``"incomplete"`` when some pages are missing (listed in
+    ``failed_pages``); ``"failed"`` when an error stopped the run (``error``).
+    """
+
+    status: RunStatus = "ok"
+    pages: int = 0
+    records: int = 0
+    requests: int = 0
+    retries: int = 0
+    duration_s: float = 0.0
+    queries: int = 0
+    failed_pages: list[FailedPage] = field(default_factory=list)
+    failed_queries: list[str] = field(default_factory=list)
+    discarded_pages: int = 0
+    rate_limit_refusals: int = 0
+    rate_limit_waits: int = 0
+    rate_limit_wait_s: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    query_results: list[QueryResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every page was fetched and written."""
+        return self.status == "ok"
+
+    def raise_for_status(self) -> Self:
+        """Raise :class:`~fetcher.errors.IncompleteRunError` unless the run is ok.
+
+        Returns:
+            The summary itself, for chaining.
+        """
+        if not self.ok:
+            raise IncompleteRunError(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the run report."""
+        return {
+            "status": self.status,
+            "pages": self.pages,
+            "records": self.records,
+            "requests": self.requests,
+            "retries": self.retries,
+            "duration_s": round(self.duration_s, 3),
+            "queries": self.queries,
+            "failed_pages": [_asdict(f) for f in self.failed_pages],
+            "failed_queries": self.failed_queries,
+            "discarded_pages": self.discarded_pages,
+            "rate_limit": {
+                "refusals": self.rate_limit_refusals,
+                "waits": self.rate_limit_waits,
+                "wait_s": round(self.rate_limit_wait_s, 3),
+            },
+            "error": self.error,
+            "error_type": self.error_type,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "query_results": [_asdict(q) for q in self.query_results],
+        }
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Paginator:
+    """Fetches every page of a set of queries with a pool of workers.
+
+    Args:
+        client: fetches single pages (limiter, transport, retries).
+        queries: the queries of the run; they share the client's limiter.
+        max_pages: the most pages one query may have.
+        concurrency: workers; the client's concurrency by default.
+        skip: per query key, pages already written in an earlier run.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        queries: Iterable[QuerySpec],
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        concurrency: int | None = None,
+        skip: dict[str, frozenset[int]] | None = None,
+    ) -> None:
+        skip = skip or {}
+        specs = list(queries)
+        self.client = client
+        self.concurrency = concurrency or client.concurrency
+        self.schedule = Schedule.of(
+            QueryPlan(spec, max_pages=max_pages, skip=skip.get(spec.key, frozenset()))
+            for spec in specs
+        )
+        self.fatal: FetcherError | None = None
+        self.requests = 0
+        self.pages_ok = 0
+        self._changed = anyio.Event()
+        self._started = time.monotonic()
+        self._started_at = _now_iso()
+        self._cancel: Callable[[], None] | None = None
+        self.pages_written = 0
+        self.records_written = 0
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def stop(self, error: FetcherError) -> None:
+        """Stop the run with ``error`` (the first one wins)."""
+        if self.fatal is None:
+            self.fatal = error
+        if self._cancel is not None:
+            self._cancel()
+
+    async def run(self, send: MemoryObjectSendStream[Page]) -> None:
+        """Fetch every page and send each finished one into ``send``; then close it.
+
+        Never raises (but for cancellation): a fatal error is kept in :attr:`fatal`.
+        """
+        async with send:
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._cancel = tg.cancel_scope.cancel
+                    for _ in range(self.concurrency):
+                        tg.start_soon(self._worker, send, tg)
+            except Exception as exc:
+                self.fatal = self.fatal or _as_fetcher_error(exc)
+            finally:
+                self._cancel = None
+
+    def _is_fatal(self, error: FetcherError) -> bool:
+        if isinstance(error, AuthError | ConfigError | TLSError):
+            return True
+        # Nothing has worked yet and we cannot connect: a wrong host or port.
+        return isinstance(error, ConnectError) and self.pages_ok == 0
+
+    async def _worker(self, send: MemoryObjectSendStream[Page], tg: TaskGroup) -> None:
+        schedule = self.schedule
+        while True:
+            job = schedule.take()
+            if job is None:
+                if schedule.finished:
+                    self._notify()
+                    return
+                await self._changed.wait()
+                continue
+            plan, number = job
+            try:
+                page = await self.client.fetch_page(plan.spec, number)
+            except FetcherError as error:
+                self.requests += max(error.attempts, 1)
+                plan.fail(number, error)
+                self._notify()
+                if self._is_fatal(error):
+                    self.stop(error)
+                    return
+                log.error(  # noqa: TRY400  (the error says it all; no traceback)
+                    "page.failed",
+                    query=plan.key,
+                    page=number,
+                    attempts=error.attempts,
+                    error=str(error),
+                )
+                continue
+            self.requests += page.attempts
+            self.pages_ok += 1
+            deliver = plan.complete(page)
+            self._notify()
+            if deliver:
+                try:
+                    await send.send(page)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    # The reader went away (the iterator was closed): stop quietly.
+                    tg.cancel_scope.cancel()
+                    return
+
+    def summary(self) -> RunSummary:
+        """The run's summary so far (complete once :meth:`run` has returned)."""
+        plans = self.schedule.plans
+        failed_pages = [
+            FailedPage.of(plan.key, number, error)
+            for plan in plans
+            for number, error in plan.missing.items()
+        ]
+        failed_queries = [plan.key for plan in plans if plan.query_failed]
+        unfinished = [plan.key for plan in plans if not plan.finished]
+        stats = self.client.limiter.stats
+        if self.fatal is not None:
+            status: RunStatus = "failed"
+        elif failed_pages or failed_queries or unfinished:
+            status = "incomplete"
+        else:
+            status = "ok"
+        return RunSummary(
+            status=status,
+            pages=self.pages_written,
+            records=self.records_written,
+            requests=self.requests,
+            retries=self.requests - self.pages_ok - len(failed_pages),
+            duration_s=time.monotonic() - self._started,
+            queries=len(plans),
+            failed_pages=failed_pages,
+            failed_queries=failed_queries,
+            discarded_pages=sum(plan.discarded for plan in plans),
+            rate_limit_refusals=stats.refusals,
+            rate_limit_waits=stats.waits,
+            rate_limit_wait_s=stats.waited_s,
+            error=str(self.fatal) if self.fatal else None,
+            error_type=type(self.fatal).__name__ if self.fatal else None,
+            started_at=self._started_at,
+            finished_at=_now_iso(),
+            query_results=[
+                QueryResult(
+                    query=plan.key,
+                    type=plan.spec.type,
+                    window_start=plan.spec.start.isoformat(),
+                    window_end=plan.spec.end.isoformat(),
+                    users=len(plan.spec.user_ids),
+                    total_pages=plan.total_pages,
+                    total_items=plan.total_items,
+                    pages=len(plan.done),
+                    records=plan.records,
+                    failed_pages=sorted(plan.missing),
+                )
+                for plan in plans
+            ],
+        )
+
+    def written(self, page: Page) -> None:
+        """Count a page the sink has written."""
+        self.pages_written += 1
+        self.records_written += len(page.records)
+
+
+def _as_fetcher_error(exc: Exception) -> FetcherError:
+    if isinstance(exc, FetcherError):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        first = exc.exceptions[0]
+        if isinstance(first, Exception):
+            return _as_fetcher_error(first)
+    error = FetcherError(f"unexpected error: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class PageStream:
+    """The pages of a run, as an async iterator (see :meth:`Client.pages`).
+
+    Iteration ends when every page has been delivered. If pages are missing
+    it then raises :class:`~fetcher.errors.IncompleteRunError` (whose
+    ``summary`` lists them); an error that stopped the run is raised as is.
+    Leaving the loop early, or :meth:`aclose`, stops the fetching.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Page], paginator: Paginator) -> None:
+        self._receive = receive
+        self._paginator = paginator
+
+    @classmethod
+    def start(cls, task_group: TaskGroup, paginator: Paginator, *, buffer: int) -> PageStream:
+        """Start ``paginator`` in ``task_group`` and stream its pages."""
+        send, receive = anyio.create_memory_object_stream["Page"](max_buffer_size=buffer)
+        task_group.start_soon(paginator.run, send)
+        return cls(receive, paginator)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Page:
+        try:
+            page = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            await self._receive.aclose()
+            paginator = self._paginator
+            if paginator.fatal is not None:
+                paginator.fatal.summary = paginator.summary()
+                raise paginator.fatal from None
+            summary = paginator.summary()
+            if not summary.ok:
+                raise IncompleteRunError(summary) from None
+            raise StopAsyncIteration from None
+        self._paginator.written(page)
+        return page
+
+    async def aclose(self) -> None:
+        """Stop fetching and release the stream."""
+        await self._receive.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def summary(self) -> RunSummary:
+        """The run's summary so far."""
+        return self._paginator.summary()
+
+
+async def export(
+    queries: QuerySpec | Iterable[QuerySpec],
+    sink: Sink,
+    *,
+    client: Client | None = None,
+    queue_size: int | None = None,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    skip: dict[str, frozenset[int]] | None = None,
+    on_page: Callable[[Page], None] | None = None,
+    **client_options: Any,
+) -> RunSummary:
+    """Fetch every page of ``queries`` and write each into ``sink`` as it arrives.
+
+    Args:
+        queries: one query or several (they run concurrently, sharing one limiter).
+        sink: where pages go; see :class:`~fetcher.sinks.Sink`.
+        client: a client to use; otherwise one is made from ``client_options``
+            (``api_key``, ``base_url``, ``concurrency``, ...) and closed after.
+        queue_size: pages buffered between the workers and the sink
+            (default: the concurrency).
+        max_pages: the most pages one query may have.
+        skip: per query key, pages already written (resume).
+        on_page: called after the sink has written each page.
+        **client_options: arguments for :class:`~fetcher.client.Client`.
+
+    Returns:
+        The run summary. When pages are missing its ``status`` is
+        ``"incomplete"``, and the sink was closed as failed (its output is not
+        completed), so nothing looks complete that is not.
+
+    Raises:
+        AuthError: the key was refused; nothing more was sent.
+        FetcherError: another error stopped the run; its ``summary``
+            attribute holds the summary up to then.
+    """
+    from fetcher.client import Client  # noqa: PLC0415  (import cycle)
+
+    specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(Client(**client_options))
+        elif client_options:
+            raise TypeError("pass either client or client options, not both")
+        paginator = Paginator(client, specs, max_pages=max_pages, skip=skip)
+        buffer = queue_size if queue_size is not None else paginator.concurrency
+        try:
+            await _export(paginator, sink, buffer, on_page)
+        except IncompleteRunError as exc:
+            return exc.summary
+        except FetcherError as exc:
+            exc.summary = paginator.summary()
+            raise
+    return paginator.summary()
+
+
+async def _export(
+    paginator: Paginator,
+    sink: Sink,
+    buffer: int,
+    on_page: Callable[[Page], None] | None,
+) -> None:
+    send, receive = anyio.create_memory_object_stream["Page"](max_buffer_size=buffer)
+    sink_error: FetcherError | None = None
+    # The sink is opened before anything is fetched (a bad path fails first)
+    # and exits with an exception whenever the run is not complete, so that it
+    # does not finalise its output.
+    async with sink:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(paginator.run, send)
+            async with receive:
+                async for page in receive:
+                    try:
+                        await sink.write(page)
+                    except FetcherError as exc:
+                        sink_error = exc
+                    except Exception as exc:
+                        sink_error = SinkError(f"{type(exc).__name__}: {exc}", page=page.ref)
+                        sink_error.__cause__ = exc
+                    if sink_error is not None:
+                        paginator.stop(sink_error)
+                        break
+                    paginator.written(page)
+                    log.info(
+                        "page.written",
+                        query=page.query.key,
+                        page=page.number,
+                        records=len(page.records),
+                        attempts=page.attempts,
+                        elapsed_ms=round(page.elapsed_s * 1000, 1),
+                    )
+                    if on_page is not None:
+                        on_page(page)
+        if paginator.fatal is not None:
+            raise paginator.fatal
+        summary = paginator.summary()
+        if not summary.ok:
+            raise IncompleteRunError(summary)

@@ -1,0 +1,62 @@
+"""Sinks: where pages go as they arrive.
+
+A sink is any object that is an async context manager and has an async
+``write(page)`` method (:class:`Sink`). The runner enters it before the first
+request, calls ``write`` once per page from a single task (so a sink needs no
+locks), and exits it when the run ends: without an exception only when every
+page was fetched and written. A sink must therefore finalise its output (rename
+the file into place, commit) only on a clean exit, and leave what it wrote
+intact otherwise, so that a failed run never leaves output that looks complete.
+
+Example, a sink that counts records per user::
+
+    class CountingSink:
+        def __init__(self) -> None:
+            self.per_user: dict[str, int] = {}
+
+        async def __aenter__(self) -> "CountingSink":
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            pass
+
+        async def write(self, page: fetcher.Page) -> None:
+            for record in page.records:
+                user = record["userId"]
+                self.per_user[user] = self.per_user.get(user, 0) + 1
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from fetcher.sinks.jsonl import JsonlSink
+from fetcher.sinks.memory import MemorySink
+
+if TYPE_CHECKING:
+    from fetcher.models import Page
+
+__all__ = ["JsonlSink", "MemorySink", "Sink"]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """The sink protocol: an async context manager that writes pages."""
+
+    async def __aenter__(self) -> Any:
+        """Open the output; raise here (before any request) if it cannot be written."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Finalise the output on a clean exit; keep it, unfinalised, on an exception."""
+        ...
+
+    async def write(self, page: Page) -> None:
+        """Write one page. Called from one task at a time, in arrival order."""
+        ...
