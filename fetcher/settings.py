@@ -1,0 +1,405 @@
+"""Settings: command-line flags, environment and a TOML file, merged and validated once.
+
+Precedence, highest first: flags > environment (``FETCHER_<SETTING>``) >
+config file (``--config PATH``, TOML) > defaults. Everything is validated
+before any request; a bad value raises :class:`~fetcher.errors.ConfigError`
+naming where it came from (the flag, the variable, or the file and key) and
+what to do.
+
+The API key is deliberately not a setting: it comes from ``SALESHANDY_API_KEY``
+or from a key file (``--api-key-file``, or ``api_key_file`` in the config),
+never from a flag (it would show in the process list) or from the config file
+itself (see :func:`resolve_api_key`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import os
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY
+from fetcher.errors import ConfigError
+from fetcher.limits import Rate
+from fetcher.spec import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CountBy, QuerySpec, ReportType, SortOrder
+
+__all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", "resolve_api_key"]
+
+API_KEY_ENV: Final = "SALESHANDY_API_KEY"
+ENV_PREFIX: Final = "FETCHER_"
+
+_config_file: ContextVar[Path | None] = ContextVar("fetcher_config_file", default=None)
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` (flags, environment) as well as a list (TOML)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+TypeList = Annotated[list[ReportType], NoDecode, BeforeValidator(_split_list)]
+
+
+def parse_when(value: str, *, zone: dt.tzinfo, end_of_day: bool) -> dt.datetime:
+    """Parse a window bound: an ISO date or datetime; naive ones are in ``zone``.
+
+    A bare date means the start of that day (``00:00:00.000``) for a start,
+    and its last millisecond (``23:59:59.999``) for an end, as in the
+    reference page's example window.
+
+    Raises:
+        ValueError: with the accepted forms.
+    """
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            clock = dt.time(23, 59, 59, 999000) if end_of_day else dt.time(0)
+            return dt.datetime.combine(day, clock, tzinfo=zone)
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read {value!r} as a date; use YYYY-MM-DD or an ISO 8601 datetime "
+            "such as 2024-01-01T00:00:00+00:00"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=zone)
+
+
+def _default_types() -> list[ReportType]:
+    return ["prospect"]
+
+
+class ExportSettings(BaseSettings):
+    """Every setting of ``fetcher export``; each can be a flag, a variable or a config key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # The API
+    base_url: str = DEFAULT_BASE_URL
+    api_key_file: Path | None = None
+    # The query
+    users: CommaList | None = None
+    users_file: Path | None = None
+    start: str | None = None
+    end: str | None = None
+    timezone: str = "UTC"
+    type: TypeList = Field(default_factory=_default_types, min_length=1)
+    count_by: CountBy = "absolute"
+    order_by: str | None = None
+    sort_order: SortOrder = "desc"
+    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    # How to fetch
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=256)
+    rate_limit: str | None = None
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_pages: int = Field(default=10_000, ge=1)
+    records_path: str | None = None
+    # Where results go
+    out: Path | None = None
+    report: Path | None = None
+    # Logging
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: builtins.type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init arguments) > environment > the TOML config file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/London"
+            ) from None
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _readable_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL}")
+        return value.rstrip("/")
+
+    @field_validator("type")
+    @classmethod
+    def _unique_types(cls, value: list[ReportType]) -> list[ReportType]:
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _users_one_way(self) -> ExportSettings:
+        if self.users is not None and self.users_file is not None:
+            raise ValueError("give either users or users_file, not both")
+        return self
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """The configured time zone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def rate(self) -> Rate | None:
+        """The configured rate ceiling, parsed."""
+        return Rate.parse(self.rate_limit) if self.rate_limit else None
+
+    def user_ids(self) -> list[str]:
+        """The user ids from ``users`` or ``users_file``.
+
+        Raises:
+            ConfigError: when neither is given, or the file cannot be read.
+        """
+        if self.users is not None:
+            return list(self.users)
+        if self.users_file is not None:
+            return read_users_file(self.users_file)
+        raise ConfigError("no users; pass --users ID,ID,... or --users-file PATH", field="users")
+
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        """The export window as aware datetimes.
+
+        Raises:
+            ConfigError: naming ``start`` or ``end``.
+        """
+        bounds = []
+        for name, end_of_day in (("start", False), ("end", True)):
+            raw = getattr(self, name)
+            if raw is None:
+                raise ConfigError(f"missing; pass --{name} YYYY-MM-DD", field=name)
+            try:
+                bounds.append(parse_when(raw, zone=self.zone, end_of_day=end_of_day))
+            except ValueError as exc:
+                raise ConfigError(str(exc), field=name) from None
+        return bounds[0], bounds[1]
+
+    def queries(self) -> list[QuerySpec]:
+        """One query per report type, validated.
+
+        Raises:
+            ConfigError: naming the setting that makes a query invalid.
+        """
+        start, end = self.window()
+        users = self.user_ids()
+        specs = []
+        for report_type in self.type:
+            try:
+                specs.append(
+                    QuerySpec(
+                        user_ids=tuple(users),
+                        start=start,
+                        end=end,
+                        type=report_type,
+                        count_by=self.count_by,
+                        order_by=self.order_by,
+                        sort_order=self.sort_order,
+                        page_size=self.page_size,
+                    )
+                )
+            except ValidationError as exc:
+                raise config_error(exc, source=None) from None
+        return specs
+
+
+def read_users_file(path: Path) -> list[str]:
+    """Read user ids, one per line; blank lines and ``#`` comments are ignored.
+
+    Raises:
+        ConfigError: if the file cannot be read or holds no ids.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}", field="users_file"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", field="users_file") from None
+    users = []
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            users.append(entry)
+    if not users:
+        raise ConfigError(f"{path} lists no user ids", field="users_file")
+    return users
+
+
+#: How the settings' fields are spelled on the command line.
+def flag_name(field: str) -> str:
+    """``page_size`` -> ``--page-size``."""
+    return "--" + field.replace("_", "-")
+
+
+def config_error(exc: ValidationError, *, source: Mapping[str, str] | None) -> ConfigError:
+    """The first validation error as a ConfigError naming where the value came from.
+
+    Args:
+        exc: pydantic's error.
+        source: per field, where its value came from (flag, variable, file key).
+    """
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    field = loc[0] if loc else ""
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting; check the spelling (see `fetcher export --help`)"
+    elif "input" in err and err["type"] not in ("missing",) and field:
+        message = f"{message} (got {err['input']!r})"
+    if not field:
+        # A check across fields (e.g. order_by against type): its message starts
+        # with the field it blames.
+        field = next((name for name in _SPEC_FIELDS if message.startswith(name + " ")), "")
+    where = (source or {}).get(field) or (flag_name(field) if field else "")
+    if field in _SPEC_FIELDS and source is None:
+        where = flag_name(_SPEC_FIELDS[field])
+    return ConfigError(message, field=where or None)
+
+
+_SPEC_FIELDS: Final = {
+    "user_ids": "users",
+    "start": "start",
+    "end": "end",
+    "type": "type",
+    "count_by": "count_by",
+    "order_by": "order_by",
+    "sort_order": "sort_order",
+    "page_size": "page_size",
+}
+
+
+def _describe_sources(
+    flags: Mapping[str, Any], env: Mapping[str, str], config_file: Path | None
+) -> dict[str, str]:
+    """Where each field's value comes from, for error messages (highest precedence wins)."""
+    where: dict[str, str] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            data = {}
+        for key in data:
+            where[key] = f"{config_file}: key {key!r}"
+    for name in ExportSettings.model_fields:
+        variable = ENV_PREFIX + name.upper()
+        if variable in env:
+            where[name] = f"environment variable {variable}"
+    for name in flags:
+        where[name] = flag_name(name)
+    return where
+
+
+def load_settings(flags: Mapping[str, Any], *, config_file: Path | None = None) -> ExportSettings:
+    """Merge flags, environment (``os.environ``) and config file into validated settings.
+
+    Args:
+        flags: the flags the user gave (unset flags must be left out).
+        config_file: a TOML file, or ``None``.
+
+    Raises:
+        ConfigError: naming the flag, variable or file key that is wrong.
+    """
+    if config_file is not None:
+        _check_config_file(config_file)
+    token = _config_file.set(config_file)
+    try:
+        return ExportSettings(**flags)
+    except ValidationError as exc:
+        raise config_error(exc, source=_describe_sources(flags, os.environ, config_file)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def _check_config_file(path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", field="--config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", field="--config") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", field="--config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", field="--config") from None
+    for key in ("api_key", "x_api_key", "key"):
+        if key in data:
+            raise ConfigError(
+                f"{path}: key {key!r}: the API key must not be written into the config file; "
+                f"set {API_KEY_ENV} or put the key in a file and set api_key_file",
+                field=f"{path}: {key}",
+            )
+
+
+def resolve_api_key(settings: ExportSettings, *, env: Mapping[str, str] | None = None) -> SecretStr:
+    """The API key: ``--api-key-file`` (or ``api_key_file``) wins over the environment.
+
+    Raises:
+        ConfigError: when there is no key, or the key file cannot be read.
+    """
+    env = os.environ if env is None else env
+    if settings.api_key_file is not None:
+        path = settings.api_key_file
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read key file {path}: {exc.strerror or exc}", field="--api-key-file"
+            ) from None
+        if not key:
+            raise ConfigError(f"key file {path} is empty", field="--api-key-file")
+        return SecretStr(key)
+    key = env.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise ConfigError(
+            f"no API key; set {API_KEY_ENV} or pass --api-key-file PATH", field="api key"
+        )
+    return SecretStr(key)
