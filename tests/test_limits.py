@@ -1,0 +1,183 @@
+import email.utils
+import itertools
+
+import anyio
+import pytest
+
+from fetcher.limits import Limiter, Rate, parse_reset
+from tests.fakes import FakeClock
+
+
+def make(clock: FakeClock, **options: object) -> Limiter:
+    return Limiter(clock=clock, wall_clock=clock.wall, sleep=clock.sleep, **options)  # type: ignore[arg-type]
+
+
+async def send_times(limiter: Limiter, clock: FakeClock, n: int, hold: float = 0.0) -> list[float]:
+    """Run n requests through the limiter from n tasks; return when each was let go."""
+    times: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot():
+            times.append(clock())
+            if hold:
+                await clock.sleep(hold)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return times
+
+
+@pytest.mark.parametrize(
+    ("text", "requests", "period"),
+    [
+        ("30/min", 30, 60),
+        ("10/s", 10, 1),
+        ("20/2s", 20, 2),
+        ("1000/hour", 1000, 3600),
+        (" 5 / 500ms ", 5, 0.5),
+    ],
+)
+def test_rate_parse(text: str, requests: float, period: float) -> None:
+    """Rates are written as requests per period."""
+    rate = Rate.parse(text)
+    assert rate.requests == requests
+    assert rate.period_s == pytest.approx(period)
+
+
+@pytest.mark.parametrize("text", ["30", "fast", "0/s", "10/fortnight", "-1/s"])
+def test_rate_parse_rejects_nonsense(text: str) -> None:
+    """An unreadable rate names the accepted forms."""
+    with pytest.raises(ValueError, match=r"30/min|positive"):
+        Rate.parse(text)
+
+
+def test_parse_reset_formats() -> None:
+    """x-ratelimit-reset is read as epoch seconds, epoch ms, delta seconds or a date."""
+    now = 1_700_000_000.0
+    assert parse_reset(str(now + 12), now_wall=now) == pytest.approx(12)
+    assert parse_reset(str(int((now + 3) * 1000)), now_wall=now) == pytest.approx(3)
+    assert parse_reset("7", now_wall=now) == 7
+    assert parse_reset(
+        email.utils.formatdate(now + 30, usegmt=True), now_wall=now
+    ) == pytest.approx(30)
+    assert parse_reset("2023-11-14T22:13:40+00:00", now_wall=now) == pytest.approx(20)
+    assert parse_reset("whenever", now_wall=now) is None
+
+
+async def test_configured_rate_spaces_requests_evenly() -> None:
+    """10/s lets one request go every 0.1 s: never a burst above the rate."""
+    clock = FakeClock()
+    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=50)
+    async with clock.running():
+        times = await send_times(limiter, clock, 25)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g == pytest.approx(0.1) for g in gaps)
+    # In any 1-second window there are at most 10 requests.
+    assert max(sum(1 for t in times if s <= t < s + 1) for s in times) == 10
+
+
+async def test_in_flight_cap() -> None:
+    """No more than max_in_flight requests are inside a slot at once."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=3)
+    async with clock.running():
+        times = await send_times(limiter, clock, 9, hold=1.0)
+    assert limiter.stats.max_in_flight == 3
+    assert sorted(times) == [1000.0] * 3 + [1001.0] * 3 + [1002.0] * 3
+
+
+async def test_refusal_pauses_every_worker() -> None:
+    """After a 429 with Retry-After: 5, no worker gets a turn for 5 seconds."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    async with clock.running():
+        limiter.refused(5.0)
+        times = await send_times(limiter, clock, 6)
+    assert min(times) >= 1005.0
+    assert limiter.stats.refusals == 1
+    assert limiter.stats.waits >= 1
+
+
+async def test_remaining_zero_holds_everyone_until_the_reset() -> None:
+    """With x-ratelimit-remaining at 2, two requests go; the rest wait for the reset."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    headers = {
+        "x-ratelimit-limit": "4",
+        "x-ratelimit-remaining": "2",
+        "x-ratelimit-reset": str(clock.wall() + 10),
+    }
+    async with clock.running():
+        limiter.observe(200, headers)
+        assert limiter.waiting_until is None
+        times = await send_times(limiter, clock, 6)
+    # 2 now; at the reset a fresh window of 4 (the limit header).
+    assert sorted(times) == [1000.0, 1000.0, 1010.0, 1010.0, 1010.0, 1010.0]
+
+
+async def test_budget_counts_requests_in_flight() -> None:
+    """Requests still in flight may count against `remaining`, so they are subtracted."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    released = anyio.Event()
+    inside = 0
+
+    async def hold() -> None:
+        nonlocal inside
+        async with limiter.slot():
+            inside += 1
+            await released.wait()
+
+    async with clock.running(), anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(hold)
+        await anyio.wait_all_tasks_blocked()
+        assert inside == 3
+        # A response says 4 remain; 3 are in flight, so only 1 more may go now.
+        limiter.observe(
+            200,
+            {"x-ratelimit-remaining": "4", "x-ratelimit-reset": "30", "x-ratelimit-limit": "10"},
+        )
+        times = await send_times(limiter, clock, 2)
+        released.set()
+    assert sorted(times) == [1000.0, pytest.approx(1030.0)]
+
+
+async def test_waiting_until_reports_the_pause() -> None:
+    """The limiter says until when workers are held (for progress displays)."""
+    clock = FakeClock()
+    limiter = make(clock, margin_s=0.0)
+    assert limiter.waiting_until is None
+    limiter.refused(8.0)
+    assert limiter.waiting_until == pytest.approx(1008.0)
+
+
+async def test_adaptive_pace_drops_after_a_refusal_and_recovers_step_by_step() -> None:
+    """A refusal sets a pace of half the throughput that hit the limit; successes lift it."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, recover_after=5)
+    for _ in range(20):  # 20 successes over 2 s: 10/s
+        clock.advance(0.1)
+        limiter.observe(200, {})
+    limiter.refused(1.0)
+    assert limiter.interval_s == pytest.approx(0.2)  # half of 10/s
+    intervals = []
+    for _ in range(200):
+        limiter.observe(200, {})
+        intervals.append(limiter.interval_s)
+    assert intervals[:4] == [pytest.approx(0.2)] * 4  # holds for recover_after successes
+    assert intervals[4] == pytest.approx(0.2 / 1.25)  # then speeds up one step
+    assert all(b <= a for a, b in itertools.pairwise(intervals))
+    assert len(set(intervals)) >= 5  # in several steps...
+    assert intervals[-1] == 0.0  # ...until the pace is off again
+
+
+async def test_non_adaptive_limiter_ignores_headers() -> None:
+    """With adaptive=False only the configured rate and the in-flight cap apply."""
+    clock = FakeClock()
+    limiter = make(clock, adaptive=False)
+    limiter.observe(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "100"})
+    async with clock.running():
+        times = await send_times(limiter, clock, 3)
+    assert times == [1000.0] * 3

@@ -1,0 +1,160 @@
+import datetime as dt
+
+from fetcher.errors import ServerError
+from fetcher.models import Page, PageMeta
+from fetcher.plan import QueryPlan, Schedule
+from fetcher.spec import QuerySpec
+
+
+def spec(page_size: int = 10, n_users: int = 3) -> QuerySpec:
+    return QuerySpec(
+        user_ids=tuple(f"u{i}" for i in range(n_users)),
+        start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        end=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+        type="prospect",
+        page_size=page_size,
+    )
+
+
+def page(plan: QueryPlan, number: int, count: int, total_pages: int | None = None) -> Page:
+    meta = PageMeta(total_pages=total_pages) if total_pages is not None else None
+    return Page(plan.spec, number, [{"userId": f"r{i}"} for i in range(count)], meta)
+
+
+def drain(plan: QueryPlan) -> list[int]:
+    taken = []
+    while (n := plan.take()) is not None:
+        taken.append(n)
+    return taken
+
+
+def test_page_one_goes_first_then_the_rest_at_once() -> None:
+    """Nothing but page 1 is handed out until it is back; then pages 2..N all are."""
+    plan = QueryPlan(spec())
+    assert drain(plan) == [1]
+    assert plan.complete(page(plan, 1, 10, total_pages=4))
+    assert drain(plan) == [2, 3, 4]
+    for n in (3, 2):
+        assert plan.complete(page(plan, n, 10))
+    assert not plan.finished
+    assert plan.complete(page(plan, 4, 5))
+    assert plan.finished
+    assert plan.done == {1, 2, 3, 4}
+    assert plan.records == 35
+
+
+def test_zero_total_finishes_after_page_one() -> None:
+    """An empty result (totalPages 0) is one empty page, delivered, and done."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    assert plan.complete(page(plan, 1, 0, total_pages=0))
+    assert plan.finished
+    assert drain(plan) == []
+
+
+def test_without_meta_pages_run_ahead_until_a_short_page() -> None:
+    """Without a total, pages are handed out one by one; the first short page ends it."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    plan.complete(page(plan, 1, 10))
+    assert [plan.take(), plan.take(), plan.take()] == [2, 3, 4]
+    assert plan.complete(page(plan, 3, 4))  # short: the last page
+    assert not plan.complete(page(plan, 4, 0))  # past the end: discarded
+    assert plan.take() is None
+    assert plan.complete(page(plan, 2, 10))
+    assert plan.finished
+    assert plan.done == {1, 2, 3}
+    assert plan.discarded == 1
+
+
+def test_without_meta_an_empty_page_ends_before_itself() -> None:
+    """When the total divides the page size, the empty page after the last full one ends it."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    plan.complete(page(plan, 1, 10))
+    assert plan.take() == 2
+    assert plan.take() == 3
+    assert not plan.complete(page(plan, 3, 0))
+    assert plan.end == 2
+    assert plan.complete(page(plan, 2, 10))
+    assert plan.finished
+    assert plan.records == 20
+
+
+def test_a_page_is_delivered_at_most_once() -> None:
+    """Completing the same page twice delivers it once."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    assert plan.complete(page(plan, 1, 10, total_pages=2))
+    assert not plan.complete(page(plan, 1, 10, total_pages=2))
+
+
+def test_failed_pages_are_missing_and_the_rest_finish() -> None:
+    """A failed page is listed as missing; the others are still handed out."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    plan.complete(page(plan, 1, 10, total_pages=3))
+    assert drain(plan) == [2, 3]
+    plan.fail(2, ServerError("boom", status=500))
+    plan.complete(page(plan, 3, 1))
+    assert plan.finished
+    assert list(plan.missing) == [2]
+
+
+def test_failed_page_one_fails_the_query() -> None:
+    """If page 1 fails the query's size is unknown and the query counts as failed."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    plan.fail(1, ServerError("boom", status=500))
+    assert plan.finished
+    assert plan.query_failed
+    assert drain(plan) == []
+
+
+def test_absurd_total_is_refused() -> None:
+    """A totalPages above max_pages fails the query instead of sending that many requests."""
+    plan = QueryPlan(spec(), max_pages=100)
+    drain(plan)
+    assert not plan.complete(page(plan, 1, 10, total_pages=10**9))
+    assert plan.finished
+    assert "1,000,000,000 pages" in str(plan.missing[1])
+
+
+def test_open_ended_query_stops_at_max_pages() -> None:
+    """Without a total and without a short page, paging stops at max_pages with an error."""
+    plan = QueryPlan(spec(), max_pages=3)
+    drain(plan)
+    plan.complete(page(plan, 1, 10))
+    assert drain(plan) == [2, 3]
+    plan.complete(page(plan, 2, 10))
+    plan.complete(page(plan, 3, 10))
+    assert plan.take() is None
+    assert plan.finished
+    assert 4 in plan.missing
+
+
+def test_skipped_pages_are_not_handed_out() -> None:
+    """Pages written by an earlier run are skipped."""
+    plan = QueryPlan(spec(), skip=frozenset({2, 4}))
+    drain(plan)
+    plan.complete(page(plan, 1, 10, total_pages=5))
+    assert drain(plan) == [3, 5]
+
+
+def test_schedule_prefers_started_queries() -> None:
+    """The schedule finishes pages of started queries before starting new ones."""
+    a, b = QueryPlan(spec()), QueryPlan(spec(page_size=5))
+    schedule = Schedule.of([a, b])
+    assert schedule.take() == (a, 1)
+    assert schedule.take() == (b, 1)  # a waits on page 1: start b
+    assert schedule.take() is None
+    a.complete(page(a, 1, 10, total_pages=3))
+    assert schedule.take() == (a, 2)
+    assert schedule.take() == (a, 3)
+    b.complete(page(b, 1, 2, total_pages=1))
+    assert schedule.take() is None
+    a.complete(page(a, 2, 10))
+    a.complete(page(a, 3, 10))
+    assert schedule.take() is None
+    assert schedule.finished
+    assert schedule.finished_plans == [b, a]

@@ -1,0 +1,147 @@
+"""The paginator and export() over a MockTransport: no sockets, exact request counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from fetcher import (
+    Client,
+    IncompleteRunError,
+    MemorySink,
+    MockTransport,
+    QuerySpec,
+    Request,
+    Response,
+    RetryPolicy,
+    SinkError,
+    export,
+)
+from fetcher.models import Page
+
+USERS = tuple(f"user{i:05d}" for i in range(95))
+SPEC = QuerySpec(
+    user_ids=USERS,
+    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    end=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+    type="prospect",
+    page_size=10,
+)
+
+
+class FakeAPI:
+    """Answers pages of USERS, with or without meta; can fail chosen pages."""
+
+    def __init__(
+        self, *, meta: bool = True, fail: set[int] | None = None, delay: float = 0.0
+    ) -> None:
+        self.meta = meta
+        self.fail = fail or set()
+        self.delay = delay
+        self.pages: list[int] = []
+
+    async def __call__(self, request: Request) -> Response:
+        body = orjson.loads(request.content)
+        number, size = body["page"], body["limit"]
+        self.pages.append(number)
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if number in self.fail:
+            return Response(503, {}, b"<html>down</html>")
+        rows = [{"userId": u, "prospectAdded": i} for i, u in enumerate(body["userIds"])]
+        chunk = rows[(number - 1) * size : number * size]
+        payload: dict[str, Any] = {"data": chunk}
+        if self.meta:
+            payload["meta"] = {"totalItems": len(rows), "totalPages": math.ceil(len(rows) / size)}
+        else:
+            payload = chunk  # type: ignore[assignment]
+        return Response(200, {}, orjson.dumps({"message": "ok", "payload": payload}))
+
+
+def client(api: FakeAPI, **options: Any) -> Client:
+    options.setdefault("retry", RetryPolicy(attempts=2, backoff_base_s=0.001))
+    return Client(api_key="k", transport=MockTransport(api), **options)
+
+
+async def test_without_meta_read_ahead_is_bounded_by_concurrency() -> None:
+    """Without a total, at most `concurrency` pages past the end are requested."""
+    api = FakeAPI(meta=False, delay=0.001)
+    sink = MemorySink()
+    summary = await export(SPEC, sink, client=client(api, concurrency=4))
+    assert summary.ok
+    assert sorted(p.number for p in sink.pages) == list(range(1, 11))
+    past_end = [n for n in api.pages if n > 10]
+    assert len(past_end) <= 4
+    assert summary.discarded_pages == len(past_end)
+    assert len(sink.records) == 95
+
+
+async def test_each_page_is_requested_once_with_meta() -> None:
+    """With a total, each page is requested exactly once: no read-ahead waste."""
+    api = FakeAPI(meta=True)
+    summary = await export(SPEC, MemorySink(), client=client(api, concurrency=16))
+    assert sorted(api.pages) == list(range(1, 11))
+    assert summary.requests == 10
+
+
+async def test_iterator_delivers_the_rest_then_raises_incomplete() -> None:
+    """`async for` yields every good page, then raises IncompleteRunError naming the bad one."""
+    api = FakeAPI(fail={3})
+    got: list[Page] = []
+    async with client(api) as c:
+        with pytest.raises(IncompleteRunError) as info:
+            async for page in c.pages(SPEC):
+                got.append(page)
+    assert sorted(p.number for p in got) == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    summary = info.value.summary
+    assert [(f.page, f.attempts) for f in summary.failed_pages] == [(3, 2)]
+    assert summary.status == "incomplete"
+
+
+class BrokenSink(MemorySink):
+    async def write(self, page: Page) -> None:
+        if len(self.pages) == 2:
+            raise OSError("disk full")
+        await super().write(page)
+
+
+async def test_sink_failure_stops_the_run_and_is_reported() -> None:
+    """A sink error stops fetching; the sink exits as failed; the error is a SinkError."""
+    api = FakeAPI(delay=0.005)
+    sink = BrokenSink()
+    with pytest.raises(SinkError, match="disk full") as info:
+        await export(SPEC, sink, client=client(api, concurrency=2))
+    assert not sink.completed
+    assert info.value.summary is not None
+    assert info.value.summary.pages == 2
+    assert len(api.pages) < 10
+
+
+async def test_slow_sink_bounds_pages_in_memory() -> None:
+    """A slow sink holds at most queue_size + concurrency (+1 being written) pages."""
+    api = FakeAPI()
+    held_max = 0
+
+    class SlowSink(MemorySink):
+        async def write(self, page: Page) -> None:
+            nonlocal held_max
+            fetched_not_written = len(api.pages) - len(self.pages)
+            held_max = max(held_max, fetched_not_written)
+            await anyio.sleep(0.002)
+            await super().write(page)
+
+    many = SPEC.model_copy(update={"page_size": 1})
+    summary = await export(many, SlowSink(), client=client(api, concurrency=4), queue_size=3)
+    assert summary.ok and summary.pages == 95
+    assert held_max <= 3 + 4 + 1
+
+
+async def test_export_rejects_client_and_client_options_together() -> None:
+    """Either a client or options to build one, not both."""
+    with pytest.raises(TypeError):
+        await export(SPEC, MemorySink(), client=client(FakeAPI()), concurrency=3)
