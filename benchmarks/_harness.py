@@ -35,13 +35,13 @@ class Simulator:
         import urllib.request  # noqa: PLC0415
 
         request = urllib.request.Request(self.base_url + "/_simulator/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
     def stats(self) -> dict[str, Any]:
         import urllib.request  # noqa: PLC0415
 
-        with urllib.request.urlopen(self.base_url + "/_simulator/stats", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(self.base_url + "/_simulator/stats", timeout=10) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -77,7 +77,9 @@ def simulator(*, seed: int = 1, team_size: int, extra: Sequence[str] = ()) -> It
         process.wait(timeout=10)
 
 
-def run_cli(args: Sequence[str], *, cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def run_cli(
+    args: Sequence[str], *, cwd: Path | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run ``python -m fetcher`` and return (wall seconds, result)."""
     env = dict(os.environ, SALESHANDY_API_KEY=KEY)
     started = time.perf_counter()
@@ -105,13 +107,13 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
     """A plain aligned table on stdout."""
     cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")  # noqa: T201
+    print(f"\n{title}")
     for n, row in enumerate(cells):
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))  # noqa: T201
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
         if n == 0:
-            print("  ".join("-" * width for width in widths))  # noqa: T201
+            print("  ".join("-" * width for width in widths))
 
 
 def emit_json(name: str, results: dict[str, Any]) -> None:
     """One machine-readable line: ``BENCH {...}``."""
-    print("BENCH " + json.dumps({"benchmark": name, "machine": machine(), **results}))  # noqa: T201
+    print("BENCH " + json.dumps({"benchmark": name, "machine": machine(), **results}))

@@ -28,7 +28,10 @@ def main() -> None:
 
     rows = []
     times: dict[int, float] = {}
-    with simulator(team_size=args.team_size, extra=["--latency-ms", str(args.latency_ms)]) as sim, tempfile.TemporaryDirectory() as tmp:
+    with (
+        simulator(team_size=args.team_size, extra=["--latency-ms", str(args.latency_ms)]) as sim,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         users = Path(tmp) / "users.txt"
         users.write_text("\n".join(sim.user_ids))
         for level in levels:
@@ -36,22 +39,49 @@ def main() -> None:
             out, report = Path(tmp) / f"c{level}.jsonl", Path(tmp) / f"c{level}.json"
             wall, result = run_cli(
                 [
-                    "export", "--base-url", sim.base_url, "--users-file", str(users),
-                    "--start", "2024-01-01", "--end", "2024-01-31", "--type", "prospect",
-                    "--page-size", str(args.page_size), "--concurrency", str(level),
-                    "--out", str(out), "--report", str(report), "--log-level", "warning",
+                    "export",
+                    "--base-url",
+                    sim.base_url,
+                    "--users-file",
+                    str(users),
+                    "--start",
+                    "2024-01-01",
+                    "--end",
+                    "2024-01-31",
+                    "--type",
+                    "prospect",
+                    "--page-size",
+                    str(args.page_size),
+                    "--concurrency",
+                    str(level),
+                    "--out",
+                    str(out),
+                    "--report",
+                    str(report),
+                    "--log-level",
+                    "warning",
                 ]
             )
             if result.returncode != 0:
                 raise SystemExit(f"export failed ({result.returncode}): {result.stderr}")
             data = json.loads(report.read_text())
             times[level] = wall
-            rows.append([level, data["pages"], data["records"], data["requests"], f"{wall:.2f}", f"{sim.stats()['max_in_flight']}"])
+            rows.append(
+                [
+                    level,
+                    data["pages"],
+                    data["records"],
+                    data["requests"],
+                    f"{wall:.2f}",
+                    f"{sim.stats()['max_in_flight']}",
+                ]
+            )
     base = times[levels[0]]
     for row, level in zip(rows, levels, strict=True):
         row.append(f"{base / times[level]:.1f}x")
     print_table(
-        f"fetcher export, {args.team_size} users, page size {args.page_size}, {args.latency_ms:g} ms latency",
+        f"fetcher export, {args.team_size} users, page size {args.page_size}, "
+        f"{args.latency_ms:g} ms latency",
         ["concurrency", "pages", "records", "requests", "wall s", "max in flight", "speed-up"],
         rows,
     )
