@@ -234,3 +234,44 @@ async def test_demo_runs_and_says_where_the_output_is(tmp_path: Path) -> None:
     out = tmp_path / "fetcher-demo" / "team-stats.jsonl"
     assert str(out) in result.stdout
     assert len(read_jsonl(out)) == 120  # 60 users x 2 report types
+
+
+@pytest.mark.parametrize(
+    ("envelope", "string_counts", "team_size", "page_size"),
+    [
+        ("data", False, 123, 10),
+        ("items", True, 100, 10),  # the page size divides the total exactly
+        ("array", False, 101, 10),  # no meta: stops at the short page
+        ("nested", True, 40, 50),  # one page
+        ("named", False, 1200, 4),  # hundreds of pages
+        ("array", True, 60, 20),  # no meta, exact division: ends at the empty page
+    ],
+)
+async def test_cli_export_for_each_envelope(
+    tmp_path: Path, envelope: Any, string_counts: bool, team_size: int, page_size: int
+) -> None:
+    """The CLI exports the full dataset whatever the envelope, counts as integers."""
+    config = SimulatorConfig(
+        seed=4, team_size=team_size, envelope=envelope, string_counts=string_counts
+    )
+    async with serve(config) as sim:
+        out = tmp_path / "s.jsonl"
+        result = await run_cli(base_args(sim, out, page_size=str(page_size)))
+        expected = sim.expected_rows(spec_for(sim).body(1))
+        twice = sim.stats.pages_fetched_twice()
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(out)
+    assert_same_rows(records, expected)
+    assert all(isinstance(r["prospectAdded"], int) for r in records)
+    assert twice == []
+
+
+async def test_cli_empty_result(tmp_path: Path) -> None:
+    """No matching users: exit 0, an empty file, one request."""
+    async with serve(SimulatorConfig(team_size=10)) as sim:
+        out = tmp_path / "s.jsonl"
+        result = await run_cli(base_args(sim, out, users="ghost000001"))
+        requests = sim.stats.requests
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == b""
+    assert requests == 1
