@@ -2,7 +2,7 @@
 
 ::
 
-    Schedule ──► worker x concurrency ──► memory stream (bounded) ──► writer ──► sink
+    Schedule ──► workers (2 x concurrency) ──► memory stream (bounded) ──► writer ──► sink
       (plan)      client.fetch_page                                  (one task)
 
 Every task lives in an anyio task group. Workers take (query, page) jobs from
@@ -10,7 +10,9 @@ the :class:`~fetcher.plan.Schedule`, fetch them through the client (limiter,
 transport, retries) and send finished pages into a bounded memory object
 stream. One writer drains the stream into the sink, so sinks need no locks,
 and a slow sink fills the stream and then holds the workers, instead of
-filling memory.
+filling memory. There are twice as many workers as requests allowed in
+flight (the limiter enforces ``concurrency``): a page waiting out a backoff
+then does not keep a request slot idle.
 
 A page that runs out of attempts is recorded and the run goes on, so every
 other page is still fetched and written; the run then ends as incomplete and
@@ -181,7 +183,8 @@ class Paginator:
         client: fetches single pages (limiter, transport, retries).
         queries: the queries of the run; they share the client's limiter.
         max_pages: the most pages one query may have.
-        concurrency: workers; the client's concurrency by default.
+        concurrency: requests in flight; the client's concurrency by default.
+            Twice as many workers run, so pages in backoff leave slots to others.
         skip: per query key, pages already written in an earlier run.
     """
 
@@ -198,6 +201,7 @@ class Paginator:
         specs = list(queries)
         self.client = client
         self.concurrency = concurrency or client.concurrency
+        self.workers = 2 * self.concurrency
         self.schedule = Schedule.of(
             QueryPlan(spec, max_pages=max_pages, skip=skip.get(spec.key, frozenset()))
             for spec in specs
@@ -232,7 +236,7 @@ class Paginator:
             try:
                 async with anyio.create_task_group() as tg:
                     self._cancel = tg.cancel_scope.cancel
-                    for _ in range(self.concurrency):
+                    for _ in range(self.workers):
                         tg.start_soon(self._worker, send, tg)
             except Exception as exc:
                 self.fatal = self.fatal or _as_fetcher_error(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from typing import Any
 
@@ -22,7 +23,9 @@ from fetcher import (
     SinkError,
     export,
 )
+from fetcher.limits import Limiter, Rate
 from fetcher.models import Page
+from tests.fakes import FakeClock
 
 USERS = tuple(f"user{i:05d}" for i in range(95))
 SPEC = QuerySpec(
@@ -69,14 +72,14 @@ def client(api: FakeAPI, **options: Any) -> Client:
 
 
 async def test_without_meta_read_ahead_is_bounded_by_concurrency() -> None:
-    """Without a total, at most `concurrency` pages past the end are requested."""
+    """Without a total, at most one page per worker (2 x concurrency) past the end is requested."""
     api = FakeAPI(meta=False, delay=0.001)
     sink = MemorySink()
     summary = await export(SPEC, sink, client=client(api, concurrency=4))
     assert summary.ok
     assert sorted(p.number for p in sink.pages) == list(range(1, 11))
     past_end = [n for n in api.pages if n > 10]
-    assert len(past_end) <= 4
+    assert len(past_end) <= 8
     assert summary.discarded_pages == len(past_end)
     assert len(sink.records) == 95
 
@@ -123,7 +126,7 @@ async def test_sink_failure_stops_the_run_and_is_reported() -> None:
 
 
 async def test_slow_sink_bounds_pages_in_memory() -> None:
-    """A slow sink holds at most queue_size + concurrency (+1 being written) pages."""
+    """A slow sink holds at most queue_size + one per worker (+1 being written) pages."""
     api = FakeAPI()
     held_max = 0
 
@@ -138,10 +141,40 @@ async def test_slow_sink_bounds_pages_in_memory() -> None:
     many = SPEC.model_copy(update={"page_size": 1})
     summary = await export(many, SlowSink(), client=client(api, concurrency=4), queue_size=3)
     assert summary.ok and summary.pages == 95
-    assert held_max <= 3 + 4 + 1
+    assert held_max <= 3 + 2 * 4 + 1
 
 
 async def test_export_rejects_client_and_client_options_together() -> None:
     """Either a client or options to build one, not both."""
     with pytest.raises(TypeError):
         await export(SPEC, MemorySink(), client=client(FakeAPI()), concurrency=3)
+
+
+async def test_retries_go_through_the_limiter() -> None:
+    """Every attempt, retries included, takes a limiter turn: the configured pace holds."""
+    clock = FakeClock()
+    limiter = Limiter(
+        rate=Rate.parse("10/s"),
+        max_in_flight=4,
+        clock=clock,
+        wall_clock=clock.wall,
+        sleep=clock.sleep,
+    )
+    sent: list[float] = []
+    api = FakeAPI(fail={2, 5})
+    answer = api.__call__
+
+    async def handler(request: Request) -> Response:
+        sent.append(clock())
+        return await answer(request)
+
+    retry = RetryPolicy(attempts=3, backoff_base_s=0.0)
+    async with clock.running():
+        async with Client(
+            api_key="k", transport=MockTransport(handler), limiter=limiter, retry=retry
+        ) as c:
+            summary = await export(SPEC, MemorySink(), client=c)
+    assert summary.retries == 4  # pages 2 and 5, two retries each
+    assert len(sent) == limiter.stats.requests == summary.requests == 14
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) == pytest.approx(0.1)

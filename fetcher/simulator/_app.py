@@ -414,6 +414,11 @@ class RunningSimulator:
         """Every member's user id, in team order."""
         return [member.user_id for member in self.team]
 
+    @staticmethod
+    def query_key(body: Mapping[str, Any]) -> str:
+        """The key events and page counters use for the query of ``body`` (``page`` ignored)."""
+        return _query_key(dict(body))
+
     def expected_rows(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The full sorted result of a query, as the API would page through it.
 
