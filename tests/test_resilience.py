@@ -9,7 +9,7 @@ import aiohttp
 import anyio
 import pytest
 
-from fetcher import Client, JsonlSink, Limiter, MemorySink, Rate, RetryPolicy, export
+from fetcher import Client, JsonlSink, MemorySink, Rate, RetryPolicy, export
 from fetcher.simulator import SimulatorConfig, serve
 from tests.integration import KEY, assert_same_rows, read_jsonl, spec_for
 

@@ -169,11 +169,11 @@ async def test_retries_go_through_the_limiter() -> None:
         return await answer(request)
 
     retry = RetryPolicy(attempts=3, backoff_base_s=0.0)
-    async with clock.running():
-        async with Client(
-            api_key="k", transport=MockTransport(handler), limiter=limiter, retry=retry
-        ) as c:
-            summary = await export(SPEC, MemorySink(), client=c)
+    async with (
+        clock.running(),
+        Client(api_key="k", transport=MockTransport(handler), limiter=limiter, retry=retry) as c,
+    ):
+        summary = await export(SPEC, MemorySink(), client=c)
     assert summary.retries == 4  # pages 2 and 5, two retries each
     assert len(sent) == limiter.stats.requests == summary.requests == 14
     gaps = [b - a for a, b in itertools.pairwise(sent)]
