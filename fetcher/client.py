@@ -38,12 +38,14 @@ from fetcher.errors import (
     PageRef,
     RateLimitedError,
     RequestRejectedError,
+    RequestTimeoutError,
     ServerError,
 )
 from fetcher.limits import Limiter, Rate
 from fetcher.models import Page, ResponseShape, parse_page
 from fetcher.retry import RetryPolicy, parse_retry_after
 from fetcher.spec import QuerySpec
+from fetcher.timeouts import AdaptiveTimeout
 from fetcher.transport import AiohttpTransport, Request, Response, Transport
 
 if TYPE_CHECKING:
@@ -129,6 +131,7 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.shape = shape or ResponseShape()
         self.limiter = limiter or Limiter(rate=rate_limit, max_in_flight=concurrency)
+        self.timeouts = AdaptiveTimeout(timeout)
         self._transport: Transport = transport or AiohttpTransport(
             timeout=timeout, max_connections=max(concurrency, 1) * 2
         )
@@ -230,6 +233,7 @@ class Client:
         assert ref is not None
         started = time.monotonic()
         attempts = 0
+        timeouts = 0
 
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
             log.warning(
@@ -245,15 +249,24 @@ class Client:
             async for attempt in self.retry.retrying(rng=self._rng, on_retry=on_retry):
                 with attempt:
                     attempts += 1
-                    page = await self._attempt(request, spec, number, ref)
+                    try:
+                        page = await self._attempt(request, spec, number, ref, timeouts)
+                    except RequestTimeoutError:
+                        timeouts += 1
+                        raise
         except FetcherError as exc:
             exc.attempts = attempts
             raise
         return replace(page, attempts=attempts, elapsed_s=time.monotonic() - started)
 
-    async def _attempt(self, request: Request, spec: QuerySpec, number: int, ref: PageRef) -> Page:
+    async def _attempt(
+        self, request: Request, spec: QuerySpec, number: int, ref: PageRef, timeouts: int
+    ) -> Page:
+        request = replace(request, timeout=self.timeouts.for_attempt(timeouts))
         async with self.limiter.slot():
+            sent = time.monotonic()
             response = await self._transport.send(request)
+            self.timeouts.observe(time.monotonic() - sent)
         self.limiter.observe(response.status, response.headers)
         try:
             self.check_response(response, ref)

@@ -96,8 +96,8 @@ class RetryPolicy:
 
     attempts: int = 6
     deadline_s: float = 600.0
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 10.0
     max_retry_after_s: float = 300.0
     seed: int | None = field(default=None, compare=False)
 

@@ -55,6 +55,7 @@ class Request:
         headers: request headers, the API key among them.
         content: the encoded body.
         page: which page this is for, so transport errors can name it.
+        timeout: seconds for this request; the transport's default when ``None``.
     """
 
     method: str
@@ -62,6 +63,7 @@ class Request:
     headers: Mapping[str, str]
     content: bytes = b""
     page: PageRef | None = None
+    timeout: float | None = None
 
     def __repr__(self) -> str:
         # Headers hold the API key: never show them.
@@ -171,6 +173,11 @@ class AiohttpTransport:
                 data=request.content or None,
                 headers=dict(request.headers),
                 allow_redirects=False,
+                timeout=(
+                    self._timeout
+                    if request.timeout is None
+                    else aiohttp.ClientTimeout(total=request.timeout)
+                ),
             ) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > self._max_body_bytes:
