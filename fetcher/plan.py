@@ -69,6 +69,13 @@ class QueryPlan:
     _in_flight: set[int] = field(default_factory=set)
     _page_one_back: bool = False
 
+    def __post_init__(self) -> None:
+        if 1 in self.skip:
+            # Resuming: page 1 was written by an earlier run, which also recorded
+            # the end if it knew it; carry on from page 2.
+            self._page_one_back = True
+            self._next = 2
+
     @property
     def key(self) -> str:
         """The query's key (see :attr:`QuerySpec.key`)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from fetcher.client import Client
     from fetcher.models import Page
     from fetcher.sinks import Sink
+    from fetcher.state import Checkpointer
 
 __all__ = ["FailedPage", "PageStream", "Paginator", "RunSummary", "export"]
 
@@ -118,6 +119,8 @@ class RunSummary:
     failed_pages: list[FailedPage] = field(default_factory=list)
     failed_queries: list[str] = field(default_factory=list)
     discarded_pages: int = 0
+    resumed_pages: int = 0
+    resumed_records: int = 0
     rate_limit_refusals: int = 0
     rate_limit_waits: int = 0
     rate_limit_wait_s: float = 0.0
@@ -155,6 +158,7 @@ class RunSummary:
             "failed_pages": [_asdict(f) for f in self.failed_pages],
             "failed_queries": self.failed_queries,
             "discarded_pages": self.discarded_pages,
+            "resumed": {"pages": self.resumed_pages, "records": self.resumed_records},
             "rate_limit": {
                 "refusals": self.rate_limit_refusals,
                 "waits": self.rate_limit_waits,
@@ -186,6 +190,7 @@ class Paginator:
         concurrency: requests in flight; the client's concurrency by default.
             Twice as many workers run, so pages in backoff leave slots to others.
         skip: per query key, pages already written in an earlier run.
+        known: per query key, (last page, total pages) an earlier run learnt.
     """
 
     def __init__(
@@ -195,15 +200,23 @@ class Paginator:
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
         concurrency: int | None = None,
-        skip: dict[str, frozenset[int]] | None = None,
+        skip: Mapping[str, frozenset[int]] | None = None,
+        known: Mapping[str, tuple[int | None, int | None]] | None = None,
     ) -> None:
         skip = skip or {}
+        known = known or {}
         specs = list(queries)
         self.client = client
         self.concurrency = concurrency or client.concurrency
         self.workers = 2 * self.concurrency
         self.schedule = Schedule.of(
-            QueryPlan(spec, max_pages=max_pages, skip=skip.get(spec.key, frozenset()))
+            QueryPlan(
+                spec,
+                max_pages=max_pages,
+                skip=skip.get(spec.key, frozenset()),
+                end=known.get(spec.key, (None, None))[0] if skip.get(spec.key) else None,
+                total_pages=known.get(spec.key, (None, None))[1] if skip.get(spec.key) else None,
+            )
             for spec in specs
         )
         self.fatal: FetcherError | None = None
@@ -215,6 +228,8 @@ class Paginator:
         self._cancel: Callable[[], None] | None = None
         self.pages_written = 0
         self.records_written = 0
+        self.resumed_pages = 0
+        self.resumed_records = 0
 
     def _notify(self) -> None:
         self._changed.set()
@@ -317,6 +332,8 @@ class Paginator:
             failed_pages=failed_pages,
             failed_queries=failed_queries,
             discarded_pages=sum(plan.discarded for plan in plans),
+            resumed_pages=self.resumed_pages,
+            resumed_records=self.resumed_records,
             rate_limit_refusals=stats.refusals,
             rate_limit_waits=stats.waits,
             rate_limit_wait_s=stats.waited_s,
@@ -421,7 +438,7 @@ async def export(
     client: Client | None = None,
     queue_size: int | None = None,
     max_pages: int = DEFAULT_MAX_PAGES,
-    skip: dict[str, frozenset[int]] | None = None,
+    checkpoint: Checkpointer | None = None,
     on_page: Callable[[Page], None] | None = None,
     **client_options: Any,
 ) -> RunSummary:
@@ -435,7 +452,9 @@ async def export(
         queue_size: pages buffered between the workers and the sink
             (default: the concurrency).
         max_pages: the most pages one query may have.
-        skip: per query key, pages already written (resume).
+        checkpoint: records durable progress and resumes an interrupted run
+            (see :mod:`fetcher.state`); needs a sink with ``checkpoint`` and
+            ``resume_from`` (:class:`~fetcher.sinks.ResumableSink`).
         on_page: called after the sink has written each page.
         **client_options: arguments for :class:`~fetcher.client.Client`.
 
@@ -457,16 +476,66 @@ async def export(
             client = await stack.enter_async_context(Client(**client_options))
         elif client_options:
             raise TypeError("pass either client or client options, not both")
-        paginator = Paginator(client, specs, max_pages=max_pages, skip=skip)
+        if checkpoint is not None:
+            _prepare_resume(checkpoint, sink)
+        paginator = Paginator(
+            client,
+            specs,
+            max_pages=max_pages,
+            skip=checkpoint.done_pages() if checkpoint else None,
+            known=checkpoint.known_ends() if checkpoint else None,
+        )
+        if checkpoint is not None:
+            paginator.resumed_pages = checkpoint.resumed_pages
+            paginator.resumed_records = checkpoint.resumed_records
         buffer = queue_size if queue_size is not None else paginator.concurrency
         try:
-            await _export(paginator, sink, buffer, on_page)
+            await _export(paginator, sink, buffer, on_page, checkpoint)
         except IncompleteRunError as exc:
             return exc.summary
         except FetcherError as exc:
             exc.summary = paginator.summary()
             raise
+        if checkpoint is not None:
+            await checkpoint.finish("complete")
     return paginator.summary()
+
+
+def _prepare_resume(checkpoint: Checkpointer, sink: Sink) -> None:
+    """Point the sink at the interrupted run's output, or start over if it cannot go on."""
+    if not checkpoint.resumed:
+        return
+    resume_from = getattr(sink, "resume_from", None)
+    reason = None
+    if resume_from is None or checkpoint.state.sink is None:
+        reason = f"{type(sink).__name__} cannot resume"
+    else:
+        try:
+            resume_from(checkpoint.state.sink)
+        except FetcherError as exc:
+            reason = str(exc)
+    if reason is not None:
+        log.warning("run.restarting", reason=reason)
+        checkpoint.restart()
+
+
+async def _write(
+    sink: Sink, page: Page, checkpoint: Checkpointer | None, plans: list[QueryPlan]
+) -> FetcherError | None:
+    """Write one page (and checkpoint when due); return the error that stops the run, if any."""
+    try:
+        await sink.write(page)
+        if checkpoint is not None:
+            checkpoint.written(page)
+            if checkpoint.due():
+                await checkpoint.commit(sink, plans)
+    except FetcherError as exc:
+        return exc
+    except Exception as exc:  # any sink failure stops the run
+        error = SinkError(f"{type(exc).__name__}: {exc}", page=page.ref)
+        error.__cause__ = exc
+        return error
+    return None
 
 
 async def _export(
@@ -474,9 +543,13 @@ async def _export(
     sink: Sink,
     buffer: int,
     on_page: Callable[[Page], None] | None,
+    checkpoint: Checkpointer | None,
 ) -> None:
     send, receive = anyio.create_memory_object_stream["Page"](max_buffer_size=buffer)
     sink_error: FetcherError | None = None
+    plans = paginator.schedule.plans
+    if checkpoint is not None:
+        await checkpoint.start()
     # The sink is opened before anything is fetched (a bad path fails first)
     # and exits with an exception whenever the run is not complete, so that it
     # does not finalise its output.
@@ -485,13 +558,7 @@ async def _export(
             tg.start_soon(paginator.run, send)
             async with receive:
                 async for page in receive:
-                    try:
-                        await sink.write(page)
-                    except FetcherError as exc:
-                        sink_error = exc
-                    except Exception as exc:
-                        sink_error = SinkError(f"{type(exc).__name__}: {exc}", page=page.ref)
-                        sink_error.__cause__ = exc
+                    sink_error = await _write(sink, page, checkpoint, plans)
                     if sink_error is not None:
                         paginator.stop(sink_error)
                         break
@@ -506,8 +573,14 @@ async def _export(
                     )
                     if on_page is not None:
                         on_page(page)
+        summary = paginator.summary()
+        if checkpoint is not None:
+            if sink_error is None:
+                # Keep what was written, so a re-run fetches only what is missing.
+                await checkpoint.commit(sink, plans)
+            if not summary.ok:
+                await checkpoint.finish("failed" if summary.status == "failed" else "incomplete")
         if paginator.fatal is not None:
             raise paginator.fatal
-        summary = paginator.summary()
         if not summary.ok:
             raise IncompleteRunError(summary)

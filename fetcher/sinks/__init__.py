@@ -28,6 +28,7 @@ Example, a sink that counts records per user::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -37,7 +38,7 @@ from fetcher.sinks.memory import MemorySink
 if TYPE_CHECKING:
     from fetcher.models import Page
 
-__all__ = ["JsonlSink", "MemorySink", "Sink"]
+__all__ = ["JsonlSink", "MemorySink", "ResumableSink", "Sink"]
 
 
 @runtime_checkable
@@ -59,4 +60,28 @@ class Sink(Protocol):
 
     async def write(self, page: Page) -> None:
         """Write one page. Called from one task at a time, in arrival order."""
+        ...
+
+
+@runtime_checkable
+class ResumableSink(Sink, Protocol):
+    """A sink whose output can be checkpointed and continued after a crash.
+
+    The runner calls :meth:`checkpoint` now and then and records the pages
+    written before it as done, with the token it returns. A later run of the
+    same export calls :meth:`resume_from` with that token before entering the
+    sink; the sink then discards anything written after the checkpoint (those
+    pages are fetched again) and appends after it.
+    """
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Make every page written so far durable; return a JSON-able token."""
+        ...
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Continue from ``token`` instead of starting afresh (before ``__aenter__``).
+
+        Raises:
+            SinkError: when the output cannot be continued; the run then starts over.
+        """
         ...

@@ -8,13 +8,19 @@ file synced and renamed to ``NAME``. A run that fails leaves ``NAME.partial``
 (every page written so far, intact) and no ``NAME``, so nothing that looks
 complete is ever incomplete. A stale ``NAME.partial`` from an earlier run is
 replaced when a new run starts.
+
+Resume: :meth:`JsonlSink.checkpoint` syncs the file and returns its length;
+given that token, :meth:`JsonlSink.resume_from` makes the next run truncate
+``NAME.partial`` to it (dropping lines written after the checkpoint, which
+will be fetched again) and append from there.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import anyio
 import orjson
@@ -57,19 +63,55 @@ class JsonlSink:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self._file: IO[bytes] | None = None
+        self._resume_at: int | None = None
         self.records = 0
 
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
 
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Continue an interrupted run's file from its last checkpoint.
+
+        Raises:
+            SinkError: when ``NAME.partial`` is gone or shorter than the checkpoint.
+        """
+        offset = token.get("offset")
+        if not isinstance(offset, int) or offset < 0:
+            raise SinkError(f"checkpoint {dict(token)!r} has no valid offset")
+        try:
+            size = self.partial.stat().st_size
+        except OSError:
+            raise SinkError(f"cannot resume: {self.partial} is missing") from None
+        if size < offset:
+            raise SinkError(
+                f"cannot resume: {self.partial} has {size} bytes, the checkpoint {offset}"
+            )
+        self._resume_at = offset
+
     async def __aenter__(self) -> Self:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.partial.open("wb")
+            if self._resume_at is None:
+                self._file = self.partial.open("wb")
+            else:
+                self._file = self.partial.open("r+b")
+                self._file.truncate(self._resume_at)
+                self._file.seek(self._resume_at)
         except OSError as exc:
             raise SinkError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
         self.records = 0
         return self
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Sync what is written; the token is the file's length."""
+        assert self._file is not None, "use the sink as an async context manager"
+        return {"offset": await anyio.to_thread.run_sync(self._sync, self._file)}
+
+    @staticmethod
+    def _sync(file: IO[bytes]) -> int:
+        file.flush()
+        os.fsync(file.fileno())
+        return file.tell()
 
     async def write(self, page: Page) -> None:
         """Append the page's records and flush them to the operating system."""
