@@ -39,8 +39,19 @@ from fetcher.limits import Limiter, Rate
 from fetcher.models import Page, PageMeta, ResponseShape, parse_page
 from fetcher.retry import RetryPolicy
 from fetcher.runner import FailedPage, PageStream, RunSummary, export
-from fetcher.sinks import JsonlSink, MemorySink, Sink
+from fetcher.sinks import (
+    CsvSink,
+    DuckDBSink,
+    JsonlSink,
+    MemorySink,
+    ParquetSink,
+    PostgresSink,
+    ResumableSink,
+    Sink,
+    make_sink,
+)
 from fetcher.spec import EMAIL_METRICS, MAX_PAGE_SIZE, PROSPECT_METRICS, QuerySpec
+from fetcher.state import Checkpointer
 from fetcher.transport import AiohttpTransport, MockTransport, Request, Response, Transport
 
 __all__ = [
@@ -51,10 +62,13 @@ __all__ = [
     "APIError",
     "AiohttpTransport",
     "AuthError",
+    "Checkpointer",
     "Client",
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
+    "CsvSink",
+    "DuckDBSink",
     "FailedPage",
     "FetcherError",
     "IncompleteRunError",
@@ -67,6 +81,8 @@ __all__ = [
     "PageMeta",
     "PageRef",
     "PageStream",
+    "ParquetSink",
+    "PostgresSink",
     "QuerySpec",
     "Rate",
     "RateLimitedError",
@@ -77,6 +93,7 @@ __all__ = [
     "ResponseError",
     "ResponseShape",
     "ResponseTooLargeError",
+    "ResumableSink",
     "RetryPolicy",
     "RunSummary",
     "ServerError",
@@ -88,5 +105,6 @@ __all__ = [
     "TransportError",
     "__version__",
     "export",
+    "make_sink",
     "parse_page",
 ]

@@ -23,14 +23,13 @@ import anyio
 import structlog
 
 from fetcher._version import __version__
-from fetcher.client import Client
 from fetcher.errors import AuthError, ConfigError, FetcherError
+from fetcher.job import run_job
 from fetcher.logs import configure_logging
-from fetcher.models import ResponseShape
-from fetcher.retry import RetryPolicy
-from fetcher.runner import RunSummary, export
+from fetcher.runner import RunSummary
 from fetcher.settings import ExportSettings, load_settings, resolve_api_key
-from fetcher.sinks import JsonlSink, Sink
+from fetcher.sinks import Sink
+from fetcher.sinks.postgres import dsn_secrets
 
 __all__ = ["ExitCode", "main"]
 
@@ -80,9 +79,26 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     users = query.add_mutually_exclusive_group()
     users.add_argument("--users", help="user ids, comma-separated")
     users.add_argument("--users-file", type=Path, help="a file of user ids, one per line")
+    users.add_argument(
+        "--all-users",
+        action="store_const",
+        const=True,
+        help="every team member, from GET /v1/user/team-member-list",
+    )
+    query.add_argument(
+        "--user-batch-size", type=int, help="users per query; longer lists are split (1000)"
+    )
     query.add_argument("--start", help="window start: YYYY-MM-DD or ISO 8601 datetime")
     query.add_argument("--end", help="window end: YYYY-MM-DD (through 23:59:59.999) or datetime")
-    query.add_argument("--timezone", help="IANA zone for dates without an offset (UTC)")
+    query.add_argument(
+        "--window",
+        help="a relative window instead of --start/--end: today, yesterday, 'last 7 days', "
+        "'week to date', 'last week', 'month to date', 'last month', 'last 3 months', ...",
+    )
+    query.add_argument(
+        "--slice", help="one query per day, week or month of the window (default: none)"
+    )
+    query.add_argument("--timezone", help="IANA zone for days, slices and relative windows (UTC)")
     query.add_argument("--type", help="report type: prospect, email, or prospect,email")
     query.add_argument("--count-by", help="relative or absolute (absolute)")
     query.add_argument("--order-by", help="metric to sort by (prospectAdded / emailSent)")
@@ -98,8 +114,37 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--records-path", help="dotted path to the record list (auto-detected)")
 
     out = parser.add_argument_group("results")
-    out.add_argument("--out", type=Path, help="output file (.jsonl)")
+    out.add_argument(
+        "--out",
+        type=Path,
+        help="output file; its extension picks the format: .jsonl, .csv, .parquet, .duckdb",
+    )
+    out.add_argument(
+        "--sink",
+        help="jsonl, csv, parquet, duckdb or postgres (default: from --out); postgres reads "
+        "its connection string from FETCHER_POSTGRES_DSN or postgres_dsn in --config",
+    )
+    out.add_argument("--table", help="table for database sinks (team_stats)")
     out.add_argument("--report", type=Path, help="write a JSON run report here")
+
+    state = parser.add_argument_group("checkpoints and resume")
+    state.add_argument(
+        "--state", type=Path, help="checkpoint file (default: OUT.state.json beside --out)"
+    )
+    state.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore an interrupted run's checkpoint and start over",
+    )
+    state.add_argument(
+        "--catch-up",
+        action="store_const",
+        const=True,
+        help="start after the last window this job completed (see the state file)",
+    )
+    state.add_argument(
+        "--checkpoint-interval", type=float, help="seconds between checkpoints (1.0)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = frozenset({"command", "config", "debug"})
+_NOT_SETTINGS = frozenset({"command", "config", "debug", "fresh"})
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,20 +191,6 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         for name, value in vars(args).items()
         if value is not None and name not in _NOT_SETTINGS and name in ExportSettings.model_fields
     }
-
-
-def sink_for(path: Path) -> Sink:
-    """The sink that writes ``path``, chosen by its extension.
-
-    Raises:
-        ConfigError: for an extension fetcher cannot write.
-    """
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return JsonlSink(path)
-    raise ConfigError(
-        f"cannot write {suffix or 'files without an extension'}; use .jsonl", field="--out"
-    )
 
 
 def write_report(path: Path, summary: RunSummary, **extra: Any) -> None:
@@ -197,56 +228,56 @@ def _exit_code_for(error: FetcherError) -> ExitCode:
     return ExitCode.FAILED
 
 
-async def run_export(settings: ExportSettings, *, base_url: str | None = None) -> ExitCode:
+async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCode:
     """Run ``fetcher export`` with validated settings; return the exit code.
 
     Raises:
-        ConfigError: for settings that can only be checked now (users file, key).
+        ConfigError: for input that can only be checked now (users file, key, output).
     """
-    api_key = resolve_api_key(settings)
-    specs = settings.queries()
-    if settings.out is None:
-        raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
-    sink = sink_for(settings.out)
-    client = Client(
-        api_key=api_key,
-        base_url=base_url or settings.base_url,
-        concurrency=settings.concurrency,
-        rate_limit=settings.rate,
-        timeout=settings.timeout,
-        retry=RetryPolicy(attempts=settings.max_attempts),
-        shape=ResponseShape(records_path=settings.records_path),
-    )
-    error: FetcherError | None = None
-    async with client:
-        try:
-            summary = await export(specs, sink, client=client, max_pages=settings.max_pages)
-        except FetcherError as exc:
-            error = exc
-            summary = exc.summary or RunSummary(status="failed", error=str(exc))
+    outcome = await run_job(settings, fresh=fresh)
+    summary, error = outcome.summary, outcome.error
     if settings.report is not None:
-        write_report(settings.report, summary, output=str(settings.out))
+        write_report(settings.report, summary, **outcome.details)
+    log.info(
+        "run.finished",
+        status="up_to_date" if outcome.up_to_date else summary.status,
+        pages=summary.pages,
+        records=summary.records,
+        requests=summary.requests,
+        retries=summary.retries,
+        failed_pages=len(summary.failed_pages),
+        resumed_pages=summary.resumed_pages,
+        duration_s=round(summary.duration_s, 3),
+    )
+    output = outcome.details.get("output")
+    if outcome.up_to_date:
+        _say(f"fetcher: up to date: nothing after {outcome.details.get('catch_up_after')}")
+        return ExitCode.OK
     if error is not None:
         _say(f"fetcher: error: {error}")
-        _say(_what_was_kept(sink, summary))
+        _say(_what_was_kept(outcome.sink, summary))
         return _exit_code_for(error)
     if not summary.ok:
         _say(
             f"fetcher: incomplete: {len(summary.failed_pages)} page(s) missing, "
-            f"{len(summary.failed_queries)} query(ies) failed"
+            f"{len(summary.failed_queries)} query(ies) failed; run the same command again "
+            "to fetch only what is missing"
         )
         for failed in summary.failed_pages[:20]:
             _say(f"  missing page {failed.page} of {failed.query}: {failed.error}")
-        _say(_what_was_kept(sink, summary))
+        _say(_what_was_kept(outcome.sink, summary))
         return ExitCode.INCOMPLETE
+    resumed = (
+        f" (+{summary.resumed_pages} from the interrupted run)" if summary.resumed_pages else ""
+    )
     _say(
-        f"fetcher: done: {summary.pages} pages, {summary.records} records, "
-        f"{summary.requests} requests in {summary.duration_s:.1f}s -> {settings.out}"
+        f"fetcher: done: {summary.pages} pages{resumed}, {summary.records} records, "
+        f"{summary.requests} requests in {summary.duration_s:.1f}s -> {output}"
     )
     return ExitCode.OK
 
 
-def _what_was_kept(sink: Sink, summary: RunSummary) -> str:
+def _what_was_kept(sink: Sink | None, summary: RunSummary) -> str:
     partial = getattr(sink, "partial", None)
     where = f" in {partial}" if partial else ""
     return f"fetcher: kept {summary.pages} written page(s), {summary.records} records{where}"
@@ -279,11 +310,13 @@ async def _main(args: argparse.Namespace) -> ExitCode:
         )
     settings = load_settings(_flags(args), config_file=args.config)
     secrets = _secrets_from_env()
+    if settings.postgres_dsn is not None:
+        secrets.extend(dsn_secrets(settings.postgres_dsn.get_secret_value()))
     if settings.api_key_file is not None:
         with contextlib.suppress(ConfigError):
             secrets.append(resolve_api_key(settings).get_secret_value())
     _setup_logging(args, settings, secrets)
-    return await run_export(settings)
+    return await run_export(settings, fresh=args.fresh)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

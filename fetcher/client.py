@@ -40,9 +40,10 @@ from fetcher.errors import (
     RequestRejectedError,
     RequestTimeoutError,
     ServerError,
+    ShapeError,
 )
 from fetcher.limits import Limiter, Rate
-from fetcher.models import Page, ResponseShape, parse_page
+from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_team_members
 from fetcher.retry import RetryPolicy, parse_retry_after
 from fetcher.spec import QuerySpec
 from fetcher.timeouts import AdaptiveTimeout
@@ -51,10 +52,11 @@ from fetcher.transport import AiohttpTransport, Request, Response, Transport
 if TYPE_CHECKING:
     from fetcher.runner import PageStream
 
-__all__ = ["DEFAULT_BASE_URL", "TEAM_STATS_PATH", "Client"]
+__all__ = ["DEFAULT_BASE_URL", "TEAM_MEMBERS_PATH", "TEAM_STATS_PATH", "Client"]
 
 DEFAULT_BASE_URL: Final = "https://open-api.saleshandy.com"
 TEAM_STATS_PATH: Final = "/v1/analytics/team/stats"
+TEAM_MEMBERS_PATH: Final = "/v1/user/team-member-list"
 DEFAULT_CONCURRENCY: Final = 16
 
 log = structlog.get_logger("fetcher.client")
@@ -274,6 +276,53 @@ class Client:
             self.limiter.refused(exc.retry_after, response.headers)
             raise
         return parse_page(response.content, query=spec, number=number, shape=self.shape)
+
+    async def team_members(self) -> list[TeamMember]:
+        """Every member of the team, from ``GET /v1/user/team-member-list``.
+
+        The response shape is undocumented; entries that cannot be understood
+        are skipped and logged once, with what they held.
+
+        Raises:
+            FetcherError: when the list cannot be fetched or holds no members.
+        """
+        request = Request(
+            method="GET",
+            url=self.base_url + TEAM_MEMBERS_PATH,
+            headers={
+                "x-api-key": self._api_key.get_secret_value(),
+                "accept": "application/json",
+                "user-agent": f"fetcher/{__version__}",
+            },
+            page=PageRef("team-member-list", 1),
+        )
+        ref = request.page
+        assert ref is not None
+        async for attempt in self.retry.retrying(rng=self._rng):
+            with attempt:
+                async with self.limiter.slot():
+                    response = await self._transport.send(request)
+                self.limiter.observe(response.status, response.headers)
+                try:
+                    self.check_response(response, ref)
+                except RateLimitedError as exc:
+                    self.limiter.refused(exc.retry_after, response.headers)
+                    raise
+                members, problems = parse_team_members(response.content)
+        if problems:
+            log.warning(
+                "team.entries_skipped",
+                skipped=len(problems),
+                understood=len(members),
+                examples=problems[:3],
+            )
+        if not members:
+            raise ShapeError(
+                "the team member list holds no member ids fetcher understands; "
+                "pass --users or --users-file instead",
+                page=ref,
+            )
+        return members
 
     # -- every page ---------------------------------------------------------
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from fetcher.spec import QuerySpec
 
-__all__ = ["Page", "PageMeta", "ResponseShape", "parse_page"]
+__all__ = ["Page", "PageMeta", "ResponseShape", "TeamMember", "parse_page", "parse_team_members"]
 
 #: Keys under which this backend has been seen to put a list, in the order tried.
 LIST_KEYS: Final = ("data", "items", "payload", "records", "rows", "results")
@@ -301,3 +301,74 @@ def _first_error(exc: ValidationError) -> str:
 def record_user_id(record: Mapping[str, Any], shape: ResponseShape) -> Any:
     """The user id of a record, or ``None`` when the field is missing."""
     return record.get(shape.user_id_field)
+
+
+#: Fields that have been seen, or are likely, to hold a team member's id.
+MEMBER_ID_FIELDS: Final = ("id", "userId", "user_id", "_id", "encryptedId")
+
+
+@dataclass(frozen=True, slots=True)
+class TeamMember:
+    """One entry of ``GET /v1/user/team-member-list``, as far as it was understood."""
+
+    user_id: str
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+
+
+def parse_team_members(content: bytes) -> tuple[list[TeamMember], list[str]]:
+    """Parse the (undocumented) team member list defensively.
+
+    The list is found like a page's records (any known envelope); each member's
+    id is taken from the first of :data:`MEMBER_ID_FIELDS` it has.
+
+    Returns:
+        The members understood, and a description of each entry that was not.
+
+    Raises:
+        InvalidJSONError: the body is not JSON.
+        ShapeError: no list of members was found; the message shows what was.
+    """
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSONError(f"team member list is not valid JSON ({exc})") from exc
+    try:
+        where, entries, _ = _find_records(body)
+    except LookupError:
+        raise ShapeError(
+            f"no list of members found in the team member list; the body is {_describe(body)}",
+            found=_describe(body),
+        ) from None
+    if not isinstance(entries, list):
+        raise ShapeError(f"{where} is {_describe(entries)}, not a list", found=_describe(entries))
+    members: list[TeamMember] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"entry {index} is {_describe(entry)}, not an object")
+            continue
+        field_name = next((f for f in MEMBER_ID_FIELDS if entry.get(f) not in (None, "")), None)
+        if field_name is None:
+            problems.append(f"entry {index} has no id field ({_describe(entry)})")
+            continue
+        user_id = str(entry[field_name]).strip()
+        if user_id in seen:
+            problems.append(f"entry {index} repeats user id {user_id!r}")
+            continue
+        seen.add(user_id)
+        members.append(
+            TeamMember(
+                user_id=user_id,
+                first_name=_text(entry.get("firstName")),
+                last_name=_text(entry.get("lastName")),
+                email=_text(entry.get("email")),
+            )
+        )
+    return members, problems
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

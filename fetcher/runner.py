@@ -45,7 +45,7 @@ from fetcher.errors import (
     TLSError,
 )
 from fetcher.plan import DEFAULT_MAX_PAGES, QueryPlan, Schedule
-from fetcher.spec import QuerySpec
+from fetcher.spec import QuerySpec, format_api_datetime
 
 if TYPE_CHECKING:
     from fetcher.client import Client
@@ -345,8 +345,8 @@ class Paginator:
                 QueryResult(
                     query=plan.key,
                     type=plan.spec.type,
-                    window_start=plan.spec.start.isoformat(),
-                    window_end=plan.spec.end.isoformat(),
+                    window_start=format_api_datetime(plan.spec.start),
+                    window_end=format_api_datetime(plan.spec.end),
                     users=len(plan.spec.user_ids),
                     total_pages=plan.total_pages,
                     total_items=plan.total_items,

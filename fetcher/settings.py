@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import hashlib
 import os
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -44,6 +48,7 @@ from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY
 from fetcher.errors import ConfigError
 from fetcher.limits import Rate
 from fetcher.spec import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CountBy, QuerySpec, ReportType, SortOrder
+from fetcher.windows import parse_slice, resolve_window, split_window
 
 __all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", "resolve_api_key"]
 
@@ -93,6 +98,26 @@ def _default_types() -> list[ReportType]:
     return ["prospect"]
 
 
+SliceUnit = Literal["day", "week", "month"]
+SinkKind = Literal["jsonl", "csv", "parquet", "duckdb", "postgres"]
+
+#: ``base_url`` value that starts the built-in simulator in-process.
+SIMULATOR_URL: Final = "simulator"
+
+
+class SimulatorSettings(BaseModel):
+    """The built-in simulator's knobs, for ``base_url = "simulator"`` (demos, trials)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 1
+    team_size: int = Field(default=120, ge=0, le=100_000)
+    latency_ms: float = Field(default=30.0, ge=0)
+    rate_limit: int | None = Field(default=None, ge=1)
+    rate_window_s: float = Field(default=1.0, gt=0)
+    fault_rate: float = Field(default=0.0, ge=0, le=1)
+
+
 class ExportSettings(BaseSettings):
     """Every setting of ``fetcher export``; each can be a flag, a variable or a config key."""
 
@@ -103,14 +128,18 @@ class ExportSettings(BaseSettings):
         validate_default=True,
     )
 
-    # The API
+    # The API ("simulator" runs the built-in simulator in-process, see [simulator])
     base_url: str = DEFAULT_BASE_URL
     api_key_file: Path | None = None
     # The query
     users: CommaList | None = None
     users_file: Path | None = None
+    all_users: bool = False
+    user_batch_size: int = Field(default=1000, ge=1)
     start: str | None = None
     end: str | None = None
+    window: str | None = None
+    slice: SliceUnit | None = None
     timezone: str = "UTC"
     type: TypeList = Field(default_factory=_default_types, min_length=1)
     count_by: CountBy = "absolute"
@@ -126,7 +155,16 @@ class ExportSettings(BaseSettings):
     records_path: str | None = None
     # Where results go
     out: Path | None = None
+    sink: SinkKind | None = None
+    table: str = "team_stats"
+    postgres_dsn: SecretStr | None = None
     report: Path | None = None
+    # Checkpoints and resume
+    state: Path | None = None
+    checkpoint_interval: float = Field(default=1.0, gt=0, le=3600)
+    catch_up: bool = False
+    # The built-in simulator, when base_url = "simulator"
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     # Logging
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -168,9 +206,35 @@ class ExportSettings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if value == SIMULATOR_URL:
+            return value
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL}")
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL} "
+                f"(or {SIMULATOR_URL!r} for the built-in simulator)"
+            )
         return value.rstrip("/")
+
+    @field_validator("window")
+    @classmethod
+    def _readable_window(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolve_window(value, zone=dt.UTC, now=dt.datetime.now(dt.UTC))
+        return value
+
+    @field_validator("slice", mode="before")
+    @classmethod
+    def _slice_names(cls, value: Any) -> Any:
+        return parse_slice(value) if isinstance(value, str) else value
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(
+                f"{value!r} is not a plain table name; use letters, digits and underscores"
+            )
+        return value
 
     @field_validator("type")
     @classmethod
@@ -178,10 +242,27 @@ class ExportSettings(BaseSettings):
         return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
-    def _users_one_way(self) -> ExportSettings:
-        if self.users is not None and self.users_file is not None:
-            raise ValueError("give either users or users_file, not both")
+    def _one_way_each(self) -> ExportSettings:
+        ways = [self.users is not None, self.users_file is not None, self.all_users]
+        if sum(ways) > 1:
+            raise ValueError("give one of users, users_file or all_users, not several")
+        if self.window is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give either window or start/end, not both")
         return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        """Whether the built-in simulator stands in for the API."""
+        return self.base_url == SIMULATOR_URL
+
+    @property
+    def state_path(self) -> Path | None:
+        """Where checkpoints go: ``--state``, else beside the output, else nowhere."""
+        if self.state is not None:
+            return self.state
+        if self.out is not None:
+            return self.out.with_name(self.out.name + ".state.json")
+        return None
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -194,7 +275,7 @@ class ExportSettings(BaseSettings):
         return Rate.parse(self.rate_limit) if self.rate_limit else None
 
     def user_ids(self) -> list[str]:
-        """The user ids from ``users`` or ``users_file``.
+        """The user ids from ``users`` or ``users_file`` (``all_users`` is the CLI's to fetch).
 
         Raises:
             ConfigError: when neither is given, or the file cannot be read.
@@ -203,51 +284,119 @@ class ExportSettings(BaseSettings):
             return list(self.users)
         if self.users_file is not None:
             return read_users_file(self.users_file)
-        raise ConfigError("no users; pass --users ID,ID,... or --users-file PATH", field="users")
+        raise ConfigError(
+            "no users; pass --users ID,ID,..., --users-file PATH or --all-users", field="users"
+        )
 
-    def window(self) -> tuple[dt.datetime, dt.datetime]:
-        """The export window as aware datetimes.
+    def resolved_window(self, *, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """The export window as aware datetimes (absolute, or relative evaluated now).
 
         Raises:
-            ConfigError: naming ``start`` or ``end``.
+            ConfigError: naming ``window``, ``start`` or ``end``.
         """
+        if self.window is not None:
+            moment = now or dt.datetime.now(self.zone)
+            try:
+                return resolve_window(self.window, zone=self.zone, now=moment)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="--window") from None
         bounds = []
         for name, end_of_day in (("start", False), ("end", True)):
             raw = getattr(self, name)
             if raw is None:
-                raise ConfigError(f"missing; pass --{name} YYYY-MM-DD", field=name)
+                raise ConfigError(
+                    f"missing; pass --{name} YYYY-MM-DD (or --window, e.g. yesterday)", field=name
+                )
             try:
                 bounds.append(parse_when(raw, zone=self.zone, end_of_day=end_of_day))
             except ValueError as exc:
                 raise ConfigError(str(exc), field=name) from None
+        if bounds[0] > bounds[1]:
+            raise ConfigError(
+                f"start ({bounds[0].isoformat()}) is after end "
+                f"({bounds[1].isoformat()}); swap them",
+                field="--start",
+            )
         return bounds[0], bounds[1]
 
-    def queries(self) -> list[QuerySpec]:
-        """One query per report type, validated.
+    def slices(
+        self, *, now: dt.datetime | None = None, after: dt.datetime | None = None
+    ) -> list[tuple[dt.datetime, dt.datetime]]:
+        """The window split into ``slice`` units in the configured zone.
+
+        Args:
+            now: the moment relative windows are evaluated at.
+            after: catch-up: only what lies after this instant (a completed window's end).
+
+        Raises:
+            ConfigError: for an unusable window.
+        """
+        start, end = self.resolved_window(now=now)
+        if after is not None and after >= start:
+            start = (after + dt.timedelta(milliseconds=1)).astimezone(self.zone)
+            if start > end:
+                return []
+        try:
+            return split_window(start, end, self.slice, self.zone)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field="--slice") from None
+
+    def queries(
+        self,
+        users: list[str] | None = None,
+        *,
+        now: dt.datetime | None = None,
+        after: dt.datetime | None = None,
+    ) -> list[QuerySpec]:
+        """Every query of the run: slice x report type x user batch, validated.
+
+        Args:
+            users: the user ids (default: from ``users`` or ``users_file``).
+            now: the moment relative windows are evaluated at.
+            after: catch-up: skip what ends at or before this instant.
 
         Raises:
             ConfigError: naming the setting that makes a query invalid.
         """
-        start, end = self.window()
-        users = self.user_ids()
+        windows = self.slices(now=now, after=after)
+        users = self.user_ids() if users is None else users
+        size = self.user_batch_size
+        batches = [tuple(users[i : i + size]) for i in range(0, len(users), size)] or [()]
         specs = []
-        for report_type in self.type:
-            try:
-                specs.append(
-                    QuerySpec(
-                        user_ids=tuple(users),
-                        start=start,
-                        end=end,
-                        type=report_type,
-                        count_by=self.count_by,
-                        order_by=self.order_by,
-                        sort_order=self.sort_order,
-                        page_size=self.page_size,
-                    )
-                )
-            except ValidationError as exc:
-                raise config_error(exc, source=None) from None
+        for start, end in windows:
+            for report_type in self.type:
+                for batch in batches:
+                    try:
+                        specs.append(
+                            QuerySpec(
+                                user_ids=batch,
+                                start=start,
+                                end=end,
+                                type=report_type,
+                                count_by=self.count_by,
+                                order_by=self.order_by,
+                                sort_order=self.sort_order,
+                                page_size=self.page_size,
+                            )
+                        )
+                    except ValidationError as exc:
+                        raise config_error(exc, source=None) from None
         return specs
+
+    def job_identity(self, users: list[str]) -> str:
+        """Everything that identifies the job but its window: the catch-up ledger's key."""
+        parts = [
+            ",".join(self.type),
+            self.count_by,
+            str(self.order_by),
+            self.sort_order,
+            str(self.page_size),
+            str(self.slice),
+            self.timezone,
+            str(self.user_batch_size),
+            hashlib.sha256("\n".join(sorted(users)).encode()).hexdigest()[:16],
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def read_users_file(path: Path) -> list[str]:

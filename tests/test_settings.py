@@ -96,8 +96,12 @@ def test_key_in_config_file_is_refused(tmp_path: Path) -> None:
 
 def test_users_and_users_file_are_exclusive(tmp_path: Path) -> None:
     """Giving both users and users_file is an error."""
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="not several"):
         load_settings({"users": "a", "users_file": tmp_path / "u.txt"})
+    with pytest.raises(ConfigError, match="not several"):
+        load_settings({"users": "a", "all_users": True})
+    with pytest.raises(ConfigError, match="window or start/end"):
+        load_settings({"window": "yesterday", "start": "2024-01-01"})
 
 
 def test_users_file_parsing(tmp_path: Path) -> None:

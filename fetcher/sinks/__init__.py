@@ -32,13 +32,28 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from fetcher.sinks.csv import CsvSink
+from fetcher.sinks.duckdb import DuckDBSink
+from fetcher.sinks.factory import make_sink
 from fetcher.sinks.jsonl import JsonlSink
 from fetcher.sinks.memory import MemorySink
+from fetcher.sinks.parquet import ParquetSink
+from fetcher.sinks.postgres import PostgresSink
 
 if TYPE_CHECKING:
     from fetcher.models import Page
 
-__all__ = ["JsonlSink", "MemorySink", "ResumableSink", "Sink"]
+__all__ = [
+    "CsvSink",
+    "DuckDBSink",
+    "JsonlSink",
+    "MemorySink",
+    "ParquetSink",
+    "PostgresSink",
+    "ResumableSink",
+    "Sink",
+    "make_sink",
+]
 
 
 @runtime_checkable

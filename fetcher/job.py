@@ -1,0 +1,209 @@
+"""The batch job behind ``fetcher export``: settings in, a finished (or resumable) run out.
+
+In order, so that everything that can be wrong with the input is found
+before the first request:
+
+1. the key, the sink (an unwritable output fails here) and, for
+   ``base_url = "simulator"``, the built-in simulator;
+2. the users: the list, the file, or every team member
+   (``GET /v1/user/team-member-list``);
+3. the run lock and the state file; with ``--catch-up``, where the last
+   completed run of this job ended;
+4. the queries: the window cut into slices, times report types, times user
+   batches; all of them share one client, so one limiter;
+5. the export, checkpointed, resuming an interrupted run of the same queries;
+6. on success, the ledger entry that the next ``--catch-up`` starts from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from pydantic import SecretStr
+
+from fetcher.client import Client
+from fetcher.errors import ConfigError, FetcherError
+from fetcher.models import ResponseShape
+from fetcher.retry import RetryPolicy
+from fetcher.runner import RunSummary, export
+from fetcher.settings import ExportSettings, resolve_api_key
+from fetcher.sinks.factory import make_sink
+from fetcher.spec import format_api_datetime
+from fetcher.state import Checkpointer, RunLock
+
+if TYPE_CHECKING:
+    from fetcher.sinks import Sink
+    from fetcher.spec import QuerySpec
+
+__all__ = ["JobOutcome", "run_job"]
+
+log = structlog.get_logger("fetcher.job")
+
+#: The key the in-process simulator accepts when the user has none set.
+SIMULATOR_KEY = "sim-key"
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """How a job ended, for the CLI's exit code, messages and report."""
+
+    summary: RunSummary
+    sink: Sink | None = None
+    error: FetcherError | None = None
+    up_to_date: bool = False
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def _output_name(settings: ExportSettings) -> str:
+    if settings.sink == "postgres":
+        return f"postgres:{settings.table}"
+    return str(settings.out)
+
+
+def _api_key(settings: ExportSettings) -> SecretStr:
+    try:
+        return resolve_api_key(settings)
+    except ConfigError:
+        if settings.uses_simulator and settings.api_key_file is None:
+            return SecretStr(SIMULATOR_KEY)
+        raise
+
+
+async def run_job(
+    settings: ExportSettings, *, fresh: bool = False, now: dt.datetime | None = None
+) -> JobOutcome:
+    """Run one export job end to end.
+
+    Args:
+        settings: validated settings.
+        fresh: ignore an interrupted run's checkpoint and start over.
+        now: the moment relative windows are evaluated at (default: now).
+
+    Raises:
+        ConfigError: for input found wrong before any request was sent.
+    """
+    api_key = _api_key(settings)
+    if settings.out is None and settings.sink != "postgres":
+        raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
+    sink = make_sink(
+        settings.out,
+        sink=settings.sink,
+        table=settings.table,
+        postgres_dsn=settings.postgres_dsn,
+    )
+    users = None if settings.all_users else _configured_users(settings)
+    async with AsyncExitStack() as stack:
+        base_url = settings.base_url
+        if settings.uses_simulator:
+            base_url = await _start_simulator(stack, settings, api_key)
+        client = await stack.enter_async_context(
+            Client(
+                api_key=api_key,
+                base_url=base_url,
+                concurrency=settings.concurrency,
+                rate_limit=settings.rate,
+                timeout=settings.timeout,
+                retry=RetryPolicy(attempts=settings.max_attempts),
+                shape=ResponseShape(records_path=settings.records_path),
+            )
+        )
+        if users is None:
+            users = [member.user_id for member in await client.team_members()]
+            log.info("team.members", users=len(users))
+        state_path = settings.state_path
+        if state_path is not None:
+            stack.enter_context(RunLock(state_path))
+        identity = settings.job_identity(users)
+        after = _catch_up_from(settings, identity) if settings.catch_up else None
+        specs = settings.queries(users, now=now, after=after)
+        details = _describe(settings, specs, after)
+        if not specs:
+            log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
+            return JobOutcome(RunSummary(), sink, up_to_date=True, details=details)
+        checkpoint = None
+        if state_path is not None:
+            checkpoint = Checkpointer.open(
+                state_path,
+                specs,
+                output=_output_name(settings),
+                fresh=fresh,
+                interval_s=settings.checkpoint_interval,
+            )
+        try:
+            summary = await export(
+                specs, sink, client=client, max_pages=settings.max_pages, checkpoint=checkpoint
+            )
+        except FetcherError as exc:
+            summary = exc.summary or RunSummary(status="failed", error=str(exc))
+            return JobOutcome(summary, sink, error=exc, details=details)
+        if summary.ok and checkpoint is not None:
+            completed = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
+            await checkpoint.finish("complete", ledger={identity: completed})
+            details["completed_through"] = completed
+    return JobOutcome(summary, sink, details=details)
+
+
+def _configured_users(settings: ExportSettings) -> list[str] | None:
+    """The explicit users, or ``None`` to fetch the team (asked for, or the simulator's)."""
+    if settings.users is None and settings.users_file is None and settings.uses_simulator:
+        return None
+    return settings.user_ids()
+
+
+async def _start_simulator(
+    stack: AsyncExitStack, settings: ExportSettings, api_key: SecretStr
+) -> str:
+    from fetcher.simulator import SimulatorConfig, serve  # noqa: PLC0415  (only for trials)
+
+    knobs = settings.simulator
+    config = SimulatorConfig(
+        seed=knobs.seed,
+        team_size=knobs.team_size,
+        api_keys=(api_key.get_secret_value(),),
+        latency_ms=knobs.latency_ms,
+        rate_limit=knobs.rate_limit,
+        rate_window_s=knobs.rate_window_s,
+        fault_rate=knobs.fault_rate,
+    )
+    sim = await stack.enter_async_context(serve(config))
+    log.info("simulator.started", base_url=sim.base_url, team_size=knobs.team_size)
+    return sim.base_url
+
+
+def _catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:
+    """The end of the last window this job completed, from the state's ledger."""
+    state_path = settings.state_path
+    if state_path is None:
+        raise ConfigError("--catch-up needs a state file; pass --state PATH", field="--catch-up")
+    from fetcher.state import RunState  # noqa: PLC0415
+
+    state = RunState.load(state_path)
+    completed = state.ledger.get(identity) if state else None
+    if completed is None:
+        log.info("catch_up.first_run", state=str(state_path))
+        return None
+    log.info("catch_up.resuming_after", completed_through=completed)
+    return dt.datetime.fromisoformat(completed)
+
+
+def _describe(
+    settings: ExportSettings, specs: list[QuerySpec], after: dt.datetime | None
+) -> dict[str, object]:
+    windows = sorted({(spec.start, spec.end) for spec in specs})
+    return {
+        "output": _output_name(settings),
+        "state": str(settings.state_path) if settings.state_path else None,
+        "window": (
+            [format_api_datetime(windows[0][0]), format_api_datetime(windows[-1][1])]
+            if windows
+            else None
+        ),
+        "slices": len(windows),
+        "types": list(settings.type),
+        "user_batches": len({spec.user_ids for spec in specs}),
+        "catch_up_after": format_api_datetime(after) if after else None,
+    }

@@ -1,0 +1,178 @@
+"""The CSV sink: the tabular schema as comma-separated text, one header line.
+
+Columns are :data:`fetcher.sinks._schema.COLUMNS`, always in that order, so
+files from different runs line up. Text is UTF-8 without a byte-order mark,
+in the :mod:`csv` module's ``excel`` dialect (RFC 4180: commas, ``"``
+quoting where needed, CRLF line ends), which spreadsheets, DuckDB, pandas and
+PostgreSQL's ``COPY`` all read. Timestamps are ISO 8601 with milliseconds and the
+offset (``2024-01-01T00:00:00.000+00:00``). CSV has no NULL: a missing value
+(a metric the report type does not have, an empty ``extra``) is an empty
+field.
+
+Completion and resume work as in :mod:`fetcher.sinks.jsonl`: rows are
+appended to ``NAME.partial`` and flushed page by page, the file is synced and
+renamed to ``NAME`` only when the run completes, and a failed run leaves
+``NAME.partial`` and no ``NAME``. A checkpoint is the file's length in bytes;
+a resumed run truncates ``NAME.partial`` to it and appends without writing the
+header again. Running the same export again writes a fresh file, so a re-run
+replaces rows rather than adding to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+import anyio
+import structlog
+
+from fetcher.errors import SinkError
+from fetcher.sinks._common import partial_path, replace_atomically
+from fetcher.sinks._schema import COLUMNS, SCHEMA_ID, rows
+
+if TYPE_CHECKING:
+    from fetcher.models import Page
+
+__all__ = ["CsvSink", "encode_header", "encode_page"]
+
+log = structlog.get_logger("fetcher.sinks.csv")
+
+#: UTF-8 text; the header and every row end with CRLF, as RFC 4180 has it.
+ENCODING: Final = "utf-8"
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat(timespec="milliseconds")
+
+
+def _encode(table: list[tuple[Any, ...]] | list[tuple[str, ...]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(table)
+    return buffer.getvalue().encode(ENCODING)
+
+
+def encode_header() -> bytes:
+    """The header line: the column names."""
+    return _encode([COLUMNS])
+
+
+def encode_page(page: Page) -> bytes:
+    """Encode a page's records as CSV lines (no header).
+
+    Raises:
+        SinkError: a record cannot be keyed (see :func:`fetcher.sinks._schema.rows`).
+    """
+    # csv writes None as an empty field and ints as digits; timestamps are
+    # formatted once per page by rows().
+    return _encode(rows(page, timestamp=_iso))
+
+
+class CsvSink:
+    """Writes every record as one CSV row to ``path``, after one header line.
+
+    Args:
+        path: the output file; written as ``path.partial`` until the run completes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self._file: IO[bytes] | None = None
+        self._resume_at: int | None = None
+        self.records = 0
+
+    def __repr__(self) -> str:
+        return f"CsvSink({str(self.path)!r})"
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Continue an interrupted run's file from its last checkpoint.
+
+        Raises:
+            SinkError: when ``NAME.partial`` is gone or shorter than the
+                checkpoint, or was written with other columns.
+        """
+        offset = token.get("offset")
+        if not isinstance(offset, int) or offset < len(encode_header()):
+            raise SinkError(f"checkpoint {dict(token)!r} has no valid offset")
+        if token.get("schema") != SCHEMA_ID:
+            raise SinkError(f"cannot resume: {self.partial} was written with other columns")
+        try:
+            size = self.partial.stat().st_size
+        except OSError:
+            raise SinkError(f"cannot resume: {self.partial} is missing") from None
+        if size < offset:
+            raise SinkError(
+                f"cannot resume: {self.partial} has {size} bytes, the checkpoint {offset}"
+            )
+        self._resume_at = offset
+
+    async def __aenter__(self) -> Self:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._resume_at is None:
+                self._file = self.partial.open("wb")
+                self._file.write(encode_header())
+                self._file.flush()
+            else:
+                self._file = self.partial.open("r+b")
+                self._file.truncate(self._resume_at)
+                self._file.seek(self._resume_at)
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
+        self.records = 0
+        return self
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Sync what is written; the token is the file's length (and the schema)."""
+        assert self._file is not None, "use the sink as an async context manager"
+        offset = await anyio.to_thread.run_sync(self._sync, self._file)
+        return {"offset": offset, "schema": SCHEMA_ID}
+
+    @staticmethod
+    def _sync(file: IO[bytes]) -> int:
+        file.flush()
+        os.fsync(file.fileno())
+        return file.tell()
+
+    async def write(self, page: Page) -> None:
+        """Append the page's rows and flush them to the operating system.
+
+        Raises:
+            SinkError: a record cannot be keyed, or the file cannot be written.
+        """
+        assert self._file is not None, "use the sink as an async context manager"
+        data = encode_page(page)
+        try:
+            await anyio.to_thread.run_sync(self._write, data)
+        except OSError as exc:
+            raise SinkError(
+                f"cannot write {self.partial}: {exc.strerror or exc}", page=page.ref
+            ) from exc
+        self.records += len(page.records)
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        file, self._file = self._file, None
+        if file is None:
+            return
+        if exc_type is not None:
+            file.close()
+            log.warning("output.incomplete", path=str(self.partial), records=self.records)
+            return
+        await anyio.to_thread.run_sync(self._finish, file)
+        log.info("output.complete", path=str(self.path), records=self.records)
+
+    def _finish(self, file: IO[bytes]) -> None:
+        with file:
+            file.flush()
+            os.fsync(file.fileno())
+        replace_atomically(self.partial, self.path)

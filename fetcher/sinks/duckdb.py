@@ -1,0 +1,236 @@
+"""The DuckDB sink: the tabular schema upserted into a table of an embedded database file.
+
+DuckDB is the default database: one file, no server, and SQL over it straight
+away (``duckdb stats.duckdb -c "select * from team_stats"``). The sink opens
+(or creates) the file, creates the table if it is missing (columns and types
+from :mod:`fetcher.sinks._schema`: ``TIMESTAMPTZ`` windows and
+``fetched_at``, ``BIGINT`` counts, ``VARCHAR`` text, ``JSON`` for
+``extra``, and a ``PRIMARY KEY`` on the natural key), and checks that an
+existing table has exactly those columns, all before the first request.
+
+Each page is upserted in **one transaction**: ``INSERT ... ON CONFLICT (key)
+DO UPDATE`` replaces the row of a (window, type, count_by, user) already
+there. Exporting the same window again therefore replaces its rows and never
+duplicates them, and a run that stopped part-way, run again, fills in what is
+missing. Unlike the file sinks, the output is not a partial file renamed at
+the end: every page is committed as it is written, so a failed run leaves the
+pages it wrote in the table (complete pages only, never part of one), and
+another run of the same export completes it. For the same reason a
+checkpoint needs no token (:meth:`DuckDBSink.checkpoint` returns ``{}``) and
+a resume needs no preparation: pages written after the last checkpoint are
+fetched again and upserted over themselves.
+
+The rows of a page go to DuckDB as one list per column, unnested in a single
+``INSERT ... SELECT``: DuckDB binds a handful of lists far faster than a
+thousand rows of parameters (``executemany`` costs seconds per thousand rows).
+
+DuckDB's Python API blocks, so every call runs in a worker thread
+(:func:`anyio.to_thread.run_sync`). A ``CapacityLimiter(1)`` admits one call
+at a time: the sink holds one connection, which must not be used from two
+threads at once. The file is locked by DuckDB while the sink is open; a
+second program holding it makes the sink fail on entry, before any request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+
+import anyio
+import structlog
+
+from fetcher.errors import SinkError
+from fetcher.sinks._schema import (
+    COLUMN_KINDS,
+    COLUMNS,
+    DEFAULT_TABLE,
+    ColumnKind,
+    check_table_name,
+    create_table_sql,
+    dedupe,
+    quote_ident,
+    rows,
+    upsert_tail,
+)
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from fetcher.models import Page
+
+__all__ = ["DUCKDB_TYPES", "DuckDBSink"]
+
+log = structlog.get_logger("fetcher.sinks.duckdb")
+
+T = TypeVar("T")
+
+#: DuckDB's type for each kind of column.
+DUCKDB_TYPES: Final[Mapping[ColumnKind, str]] = {
+    "timestamp": "TIMESTAMPTZ",
+    "text": "VARCHAR",
+    "count": "BIGINT",
+    "json": "JSON",
+}
+
+# Columns that are the same for every row of a page: bound once as scalars.
+_PER_PAGE: Final = frozenset({"window_start", "window_end", "type", "count_by", "fetched_at"})
+
+
+def _upsert_sql(table: str) -> str:
+    """One page's upsert: per-page values as scalars, the others unnested from lists."""
+    select = []
+    for number, column in enumerate(COLUMNS, start=1):
+        sql_type = DUCKDB_TYPES[COLUMN_KINDS[column]]
+        if column in _PER_PAGE:
+            select.append(f"${number}::{sql_type}")
+        else:
+            select.append(f"unnest(${number}::{sql_type}[])")
+    names = ", ".join(map(quote_ident, COLUMNS))
+    return f"INSERT INTO {quote_ident(table)} ({names}) SELECT {', '.join(select)} {upsert_tail()}"
+
+
+def _parameters(page_rows: list[tuple[Any, ...]]) -> list[Any]:
+    """The upsert's parameters: the first row's per-page values, lists for the rest."""
+    columns = list(zip(*page_rows, strict=True))
+    first = page_rows[0]
+    return [first[i] if name in _PER_PAGE else list(columns[i]) for i, name in enumerate(COLUMNS)]
+
+
+class DuckDBSink:
+    """Upserts every record into ``table`` of the DuckDB database file ``path``.
+
+    Args:
+        path: the database file; created (with its directory) if missing.
+        table: the table; created if missing. Letters, digits and underscores.
+
+    Raises:
+        ConfigError: the table name is not a plain identifier (names ``--table``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], table: str = DEFAULT_TABLE) -> None:
+        self.path = Path(path)
+        self.table = check_table_name(table)
+        self.records = 0
+        self._connection: duckdb.DuckDBPyConnection | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._sql = _upsert_sql(self.table)
+
+    def __repr__(self) -> str:
+        return f"DuckDBSink({str(self.path)!r}, table={self.table!r})"
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        assert self._limiter is not None, "use the sink as an async context manager"
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Accept any checkpoint: rows are committed per page and upserts are idempotent."""
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Nothing to do: every page was committed when it was written."""
+        return {}
+
+    async def __aenter__(self) -> Self:
+        self._limiter = anyio.CapacityLimiter(1)
+        self._connection = await self._run(self._open)
+        self.records = 0
+        return self
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        import duckdb  # noqa: PLC0415  (a heavy import, needed only here)
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        try:
+            connection = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            hint = " (another program has it open; close that first)" if "lock" in str(exc) else ""
+            raise SinkError(f"cannot open the DuckDB database {self.path}: {exc}{hint}") from exc
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _prepare(self, connection: duckdb.DuckDBPyConnection) -> None:
+        import duckdb  # noqa: PLC0415
+
+        try:
+            connection.execute(create_table_sql(self.table, DUCKDB_TYPES))
+            self._check_table(connection)
+            # Bind the upsert once with no rows: a table without the key
+            # fails here, before any request, instead of at the first page.
+            connection.execute(self._sql, [None if n in _PER_PAGE else [] for n in COLUMNS])
+        except duckdb.Error as exc:
+            raise SinkError(
+                f"cannot use table {self.table!r} in {self.path}: {exc}; "
+                "choose another --table, or drop that table"
+            ) from exc
+
+    def _check_table(self, connection: duckdb.DuckDBPyConnection) -> None:
+        found = [
+            name
+            for (name,) in connection.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE lower(table_name) = lower(?) AND table_schema = current_schema() "
+                "ORDER BY ordinal_position",
+                [self.table],
+            ).fetchall()
+        ]
+        if found != list(COLUMNS):
+            missing = [c for c in COLUMNS if c not in found]
+            unknown = [c for c in found if c not in COLUMNS]
+            raise SinkError(
+                f"table {self.table!r} in {self.path} already exists with other columns "
+                f"(missing: {', '.join(missing) or '-'}; not ours: {', '.join(unknown) or '-'}"
+                "; or in another order); choose another --table, or drop that table"
+            )
+
+    async def write(self, page: Page) -> None:
+        """Upsert the page's rows in one transaction.
+
+        Raises:
+            SinkError: a record cannot be keyed, or DuckDB refused the rows.
+        """
+        page_rows = dedupe(rows(page))
+        if not page_rows:
+            return
+        await self._run(self._upsert, page_rows, page)
+        self.records += len(page_rows)
+
+    def _upsert(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
+        import duckdb  # noqa: PLC0415
+
+        connection = self._connection
+        assert connection is not None, "use the sink as an async context manager"
+        try:
+            connection.begin()
+            connection.execute(self._sql, _parameters(page_rows))
+            connection.commit()
+        except duckdb.Error as exc:
+            # The transaction may be gone already; the error below says why.
+            with contextlib.suppress(duckdb.Error):
+                connection.rollback()
+            raise SinkError(
+                f"DuckDB could not write to table {self.table!r} in {self.path}: {exc}",
+                page=page.ref,
+            ) from exc
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        # Committed pages stay whatever happened; closing also checkpoints
+        # DuckDB's write-ahead log into the file.
+        await self._run(connection.close)
+        if exc_type is not None:
+            log.warning(
+                "output.incomplete", path=str(self.path), table=self.table, records=self.records
+            )
+        else:
+            log.info("output.complete", path=str(self.path), table=self.table, records=self.records)

@@ -1,0 +1,279 @@
+"""The Parquet sink: the tabular schema as one Parquet file, built when the run completes.
+
+A Parquet file cannot be appended to or cut back (its index sits in a footer
+written last), yet a run may have 20,000 pages, and a crash must be resumable
+from the last checkpoint. So the sink works in two steps:
+
+1. **Spool.** Each page becomes one Arrow record batch, appended (as one
+   encapsulated Arrow IPC message) to ``NAME.partial.spool`` and flushed.
+   Nothing accumulates in memory, and a checkpoint is simply the spool's
+   length in bytes: a resumed run truncates the spool to it, dropping batches
+   written after the checkpoint (those pages are fetched again), and appends.
+   Arrow IPC rather than JSON lines because the values are already typed:
+   the final conversion is a copy, not a parse.
+2. **Convert.** On a clean exit the spool is read back one batch at a time
+   and written with :class:`pyarrow.parquet.ParquetWriter` to
+   ``NAME.partial`` in row groups of at most ``row_group_rows`` rows (the
+   memory the conversion needs), synced, renamed atomically to ``NAME``, and
+   the spool is deleted.
+
+A failed run leaves the spool (every page written so far, for a resume) and
+no ``NAME``; an earlier complete ``NAME`` is untouched. Running the same
+export again writes a fresh file, so a re-run replaces rows.
+
+Columns and Arrow types follow :mod:`fetcher.sinks._schema`: timestamps are
+``timestamp[ms, tz=UTC]``, counts ``int64``, text and ``extra`` (JSON text)
+``string``; the key columns are non-nullable. The file's metadata names the
+schema (``fetcher.schema``) and the natural key (``fetcher.key``).
+
+pyarrow is an optional dependency (``pip install 'fetcher[parquet]'``); it is
+imported only when a Parquet sink is made, so the rest of fetcher starts
+without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+import anyio
+import structlog
+
+from fetcher.errors import ConfigError, SinkError
+from fetcher.sinks._common import partial_path, replace_atomically
+from fetcher.sinks._schema import COLUMN_KINDS, COLUMNS, KEY_COLUMNS, SCHEMA_ID, rows
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from fetcher.models import Page
+
+__all__ = ["ParquetSink", "arrow_schema"]
+
+log = structlog.get_logger("fetcher.sinks.parquet")
+
+#: Rows per Parquet row group: the most the final conversion holds in memory.
+DEFAULT_ROW_GROUP_ROWS: Final = 65_536
+
+#: The spool's name is the output's in-progress name plus this.
+SPOOL_SUFFIX: Final = ".spool"
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: PLC0415  (optional; only checked here)
+        import pyarrow.parquet  # noqa: F401, PLC0415
+    except ImportError:
+        raise ConfigError(
+            "Parquet output needs pyarrow, which is not installed: pip install 'fetcher[parquet]'",
+            field="--out",
+        ) from None
+
+
+def arrow_schema() -> pa.Schema:
+    """The Arrow schema of the file: :data:`~fetcher.sinks._schema.COLUMNS` with Arrow types.
+
+    Raises:
+        ConfigError: pyarrow is not installed.
+    """
+    _require_pyarrow()
+    import pyarrow as pa  # noqa: PLC0415  (optional dependency)
+
+    types = {
+        "timestamp": pa.timestamp("ms", tz="UTC"),
+        "text": pa.string(),
+        "count": pa.int64(),
+        "json": pa.string(),
+    }
+    fields = [
+        pa.field(name, types[COLUMN_KINDS[name]], nullable=name not in KEY_COLUMNS)
+        for name in COLUMNS
+    ]
+    metadata: dict[bytes | str, bytes | str] = {
+        "fetcher.schema": SCHEMA_ID,
+        "fetcher.key": ",".join(KEY_COLUMNS),
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+class ParquetSink:
+    """Writes every record as one row of a Parquet file at ``path``.
+
+    Args:
+        path: the output file; it appears only when the run completes.
+        row_group_rows: rows per row group, which bounds the memory of the
+            final conversion.
+
+    Raises:
+        ConfigError: pyarrow is not installed.
+
+    Attributes:
+        spool: where pages are kept until the run completes (and after a failed run).
+        partial: the same as ``spool``: what a failed run leaves behind.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS
+    ) -> None:
+        self.schema = arrow_schema()
+        self.path = Path(path)
+        self.temporary = partial_path(self.path)
+        self.spool = self.temporary.with_name(self.temporary.name + SPOOL_SUFFIX)
+        self.partial = self.spool
+        self.row_group_rows = max(1, row_group_rows)
+        self._file: IO[bytes] | None = None
+        self._resume_at: int | None = None
+        self.records = 0
+
+    def __repr__(self) -> str:
+        return f"ParquetSink({str(self.path)!r})"
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Continue an interrupted run's spool from its last checkpoint.
+
+        Raises:
+            SinkError: when the spool is gone or shorter than the checkpoint,
+                or was written with other columns.
+        """
+        offset = token.get("offset")
+        if not isinstance(offset, int) or offset < 0:
+            raise SinkError(f"checkpoint {dict(token)!r} has no valid offset")
+        if token.get("schema") != SCHEMA_ID:
+            raise SinkError(f"cannot resume: {self.spool} was written with other columns")
+        try:
+            size = self.spool.stat().st_size
+        except OSError:
+            raise SinkError(f"cannot resume: {self.spool} is missing") from None
+        if size < offset:
+            raise SinkError(
+                f"cannot resume: {self.spool} has {size} bytes, the checkpoint {offset}"
+            )
+        self._resume_at = offset
+
+    async def __aenter__(self) -> Self:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._resume_at is None:
+                self._file = self.spool.open("wb")
+            else:
+                self._file = self.spool.open("r+b")
+                self._file.truncate(self._resume_at)
+                self._file.seek(self._resume_at)
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.spool}: {exc.strerror or exc}") from exc
+        self.records = 0
+        return self
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Sync the spool; the token is its length (and the schema)."""
+        assert self._file is not None, "use the sink as an async context manager"
+        offset = await anyio.to_thread.run_sync(self._sync, self._file)
+        return {"offset": offset, "schema": SCHEMA_ID}
+
+    @staticmethod
+    def _sync(file: IO[bytes]) -> int:
+        file.flush()
+        os.fsync(file.fileno())
+        return file.tell()
+
+    async def write(self, page: Page) -> None:
+        """Append the page to the spool as one Arrow record batch.
+
+        Raises:
+            SinkError: a record cannot be keyed, a value does not fit its Arrow
+                type, or the spool cannot be written.
+        """
+        import pyarrow as pa  # noqa: PLC0415  (optional dependency)
+
+        assert self._file is not None, "use the sink as an async context manager"
+        if not page.records:
+            return
+        try:
+            await anyio.to_thread.run_sync(self._write, page)
+        except OSError as exc:
+            raise SinkError(
+                f"cannot write {self.spool}: {exc.strerror or exc}", page=page.ref
+            ) from exc
+        except (pa.ArrowException, OverflowError) as exc:
+            raise SinkError(
+                f"cannot convert the page to Arrow: {type(exc).__name__}: {exc}", page=page.ref
+            ) from exc
+        self.records += len(page.records)
+
+    def _write(self, page: Page) -> None:
+        import pyarrow as pa  # noqa: PLC0415  (optional dependency)
+
+        assert self._file is not None
+        schema = self.schema
+        columns = list(zip(*rows(page), strict=True))
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(values, type=field.type)
+                for values, field in zip(columns, schema, strict=True)
+            ],
+            schema=schema,
+        )
+        self._file.write(batch.serialize())
+        self._file.flush()
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        file, self._file = self._file, None
+        if file is None:
+            return
+        file.close()
+        if exc_type is not None:
+            log.warning("output.incomplete", path=str(self.spool), records=self.records)
+            return
+        import pyarrow as pa  # noqa: PLC0415  (optional dependency)
+
+        try:
+            rows_written = await anyio.to_thread.run_sync(self._convert)
+        except (OSError, pa.ArrowException) as error:
+            with contextlib.suppress(OSError):
+                self.temporary.unlink()
+            reason = getattr(error, "strerror", None) or error
+            raise SinkError(
+                f"cannot write {self.temporary} from {self.spool}: {reason}; the spool is "
+                "kept for a resumed run (the same command with checkpoints) to retry"
+            ) from error
+        log.info("output.complete", path=str(self.path), records=rows_written)
+
+    def _convert(self) -> int:
+        """Spool -> Parquet, one row group at a time; return the rows written."""
+        import pyarrow as pa  # noqa: PLC0415  (optional dependency)
+        import pyarrow.ipc  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        schema = self.schema
+        total = 0
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        with (
+            pa.input_stream(str(self.spool), buffer_size=1 << 20) as source,
+            pq.ParquetWriter(str(self.temporary), schema) as writer,
+        ):
+
+            def flush() -> None:
+                nonlocal pending_rows
+                if pending:
+                    table = pa.Table.from_batches(pending, schema=schema)
+                    writer.write_table(table, row_group_size=self.row_group_rows)
+                    pending.clear()
+                    pending_rows = 0
+
+            for message in pyarrow.ipc.MessageReader.open_stream(source):
+                batch = pyarrow.ipc.read_record_batch(message, schema)
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                total += batch.num_rows
+                if pending_rows >= self.row_group_rows:
+                    flush()
+            flush()
+        with self.temporary.open("rb") as done:
+            os.fsync(done.fileno())
+        replace_atomically(self.temporary, self.path)
+        self.spool.unlink()
+        return total

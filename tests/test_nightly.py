@@ -1,0 +1,304 @@
+"""The nightly batch job: slices, both types, all users, checkpoints, SIGKILL, lock, catch-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+import pytest
+
+from fetcher.cli import ExitCode
+from fetcher.settings import load_settings
+from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
+from fetcher.spec import QuerySpec
+from tests.integration import KEY, assert_same_rows, read_jsonl
+from tests.test_cli import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nightly_args(sim: RunningSimulator, out: Path, *extra: str) -> list[str]:
+    return [
+        "export",
+        "--base-url", sim.base_url,
+        "--all-users",
+        "--start", "2024-03-25", "--end", "2024-04-02",
+        "--timezone", "Europe/London",  # the clocks change on 2024-03-31
+        "--slice", "day",
+        "--type", "prospect,email",
+        "--page-size", "10",
+        "--out", str(out),
+        "--log-level", "warning",
+        *extra,
+    ]  # fmt: skip
+
+
+def by_query(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        grouped[record["_query"]].append(record)
+    return grouped
+
+
+def specs_from_state(state: dict[str, Any]) -> dict[str, QuerySpec]:
+    return {key: QuerySpec(**q["spec"]) for key, q in state["run"]["queries"].items()}
+
+
+def assert_complete_export(sim: RunningSimulator, out: Path, specs: dict[str, QuerySpec]) -> None:
+    """The file holds every query's full result, each record once, tagged with its window."""
+    grouped = by_query(read_jsonl(out))
+    assert set(grouped) == set(specs)
+    for key, spec in specs.items():
+        assert_same_rows(grouped[key], sim.expected_rows(spec.body(1)))
+        windows = {(r["_window_start"], r["_window_end"]) for r in grouped[key]}
+        assert windows == {(spec.body(1)["startDate"], spec.body(1)["endDate"])}
+
+
+async def test_multi_slice_export_with_both_types_and_all_users(tmp_path: Path) -> None:
+    """Daily slices across a DST change x both types x the whole team, every record once."""
+    async with serve(SimulatorConfig(seed=3, team_size=45)) as sim:
+        out, report = tmp_path / "s.jsonl", tmp_path / "r.json"
+        result = await run_cli([*nightly_args(sim, out), "--report", str(report)])
+        assert result.returncode == 0, result.stderr
+        state = json.loads((tmp_path / "s.jsonl.state.json").read_text())
+        specs = specs_from_state(state)
+        assert len(specs) == 9 * 2  # nine days, two types
+        assert_complete_export(sim, out, specs)
+        data = json.loads(report.read_text())
+    assert data["slices"] == 9
+    assert data["status"] == "ok"
+    starts = sorted({s.body(1)["startDate"] for s in specs.values()})
+    assert starts[0] == "2024-03-25T00:00:00.000+00:00"
+    assert starts[-1] == "2024-04-02T00:00:00.000+01:00"  # British Summer Time
+    assert oct(os.stat(tmp_path / "s.jsonl.state.json").st_mode & 0o777) == "0o600"
+
+
+async def test_killed_run_resumes_without_refetching_done_pages(tmp_path: Path) -> None:
+    """SIGKILL mid-run, then the same command: exact dataset, done pages not fetched again."""
+    config = SimulatorConfig(seed=5, team_size=150, latency_ms=15)
+    async with serve(config) as sim:
+        out = tmp_path / "s.jsonl"
+        state_path = tmp_path / "s.jsonl.state.json"
+        args = nightly_args(sim, out, "--concurrency", "3", "--checkpoint-interval", "0.05")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
+        env["SALESHANDY_API_KEY"] = KEY
+        process = await anyio.open_process([sys.executable, "-m", "fetcher", *args], env=env)
+        done_before: dict[str, set[int]] = {}
+        with anyio.fail_after(60):
+            while True:  # wait for a checkpoint with real progress, then kill -9
+                await anyio.sleep(0.05)
+                if state_path.exists():
+                    state = json.loads(state_path.read_text())
+                    done = sum(
+                        high - low + 1
+                        for q in state["run"]["queries"].values()
+                        for low, high in q["done"]
+                    )
+                    if done >= 60:
+                        break
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        await process.aclose()
+        killed_at = anyio.current_time()
+        state = json.loads(state_path.read_text())
+        assert state["run"]["status"] == "running"
+        specs = specs_from_state(state)
+        for key, q in state["run"]["queries"].items():
+            done_before[key] = {n for low, high in q["done"] for n in range(low, high + 1)}
+        total_pages = len(specs) * 15
+        assert 60 <= sum(map(len, done_before.values())) < total_pages
+
+        result = await run_cli(args)
+        assert result.returncode == 0, result.stderr
+        assert_complete_export(sim, out, specs)
+        events = [e for e in sim.stats.events if e.t >= killed_at]
+        for key, pages in done_before.items():
+            query = sim.query_key(specs[key].body(1))
+            refetched = [e.page for e in events if e.query == query and e.page in pages]
+            assert not refetched, f"done pages fetched again: {key} {refetched}"
+        report_line = result.stderr
+    assert "from the interrupted run" in report_line
+
+
+async def test_second_run_on_the_same_output_is_refused_and_a_dead_lock_is_not(
+    tmp_path: Path,
+) -> None:
+    """A live run's lock stops a second run; once it is killed, the next run proceeds."""
+    async with serve(SimulatorConfig(team_size=200, latency_ms=30)) as sim:
+        out = tmp_path / "s.jsonl"
+        args = nightly_args(sim, out, "--concurrency", "1")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
+        env["SALESHANDY_API_KEY"] = KEY
+        first = await anyio.open_process([sys.executable, "-m", "fetcher", *args], env=env)
+        lock = tmp_path / "s.jsonl.state.json.lock"
+        with anyio.fail_after(30):
+            while not (lock.exists() and lock.read_text().strip()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # polling a file another process writes
+        second = await run_cli(args)
+        assert second.returncode == ExitCode.USAGE
+        assert "another fetcher run" in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        await first.aclose()
+        third = await run_cli([*args, "--concurrency", "16"])  # the last flag wins
+    assert third.returncode == 0, third.stderr
+
+
+async def test_catch_up_fetches_only_the_days_since_the_last_complete_run(tmp_path: Path) -> None:
+    """--catch-up starts after the last completed window; a second run is up to date."""
+    async with serve(SimulatorConfig(seed=2, team_size=20)) as sim:
+        out = tmp_path / "s.jsonl"
+
+        def args(end: str) -> list[str]:
+            return [
+                "export", "--base-url", sim.base_url, "--all-users",
+                "--start", "2024-01-01", "--end", end, "--slice", "day",
+                "--out", str(out), "--report", str(tmp_path / "r.json"), "--catch-up",
+            ]  # fmt: skip
+
+        first = await run_cli(args("2024-01-03"))
+        assert first.returncode == 0, first.stderr
+        assert json.loads((tmp_path / "r.json").read_text())["slices"] == 3
+        sim.stats.reset()
+        # The job did not run for three nights: the next run fetches those three days.
+        second = await run_cli(args("2024-01-06"))
+        assert second.returncode == 0, second.stderr
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["slices"] == 3
+        assert report["window"][0].startswith("2024-01-04T00:00:00.000")
+        days = {r["_window_start"][:10] for r in read_jsonl(out)}
+        assert days == {"2024-01-04", "2024-01-05", "2024-01-06"}
+        sim.stats.reset()
+        third = await run_cli(args("2024-01-06"))
+        requests = sim.stats.requests
+    assert third.returncode == 0, third.stderr
+    assert "up to date" in third.stderr
+    assert requests == 1  # the team member list only
+
+
+@pytest.mark.slow
+async def test_backfill_of_a_year_of_days_for_both_types_adds_up(tmp_path: Path) -> None:
+    """365 daily slices x 2 types complete, and the report's figures add up."""
+    async with serve(SimulatorConfig(seed=9, team_size=12, fault_rate=0.02)) as sim:
+        out, report = tmp_path / "year.jsonl", tmp_path / "r.json"
+        args = [
+            "export",
+            "--base-url",
+            sim.base_url,
+            "--all-users",
+            "--start",
+            "2023-01-01",
+            "--end",
+            "2023-12-31",
+            "--slice",
+            "day",
+            "--type",
+            "prospect,email",
+            "--page-size",
+            "5",
+            "--concurrency",
+            "32",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--log-level",
+            "error",
+        ]
+        result = await run_cli(args)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(report.read_text())
+        server = sim.stats.snapshot()
+    assert data["slices"] == 365
+    assert data["queries"] == 730
+    assert data["pages"] == 730 * 3  # 12 users in pages of 5
+    assert data["records"] == 730 * 12 == len(read_jsonl(out))
+    assert data["requests"] == data["pages"] + data["retries"]
+    assert data["requests"] == server["requests"] - 1  # all but the team member list
+    assert data["retries"] == sum(server["faults"].values())
+    assert sum(q["pages"] for q in data["query_results"]) == data["pages"]
+
+
+def test_example_config_is_valid_and_uses_the_simulator() -> None:
+    """config/example.toml loads cleanly (its run is tested end to end below)."""
+    settings = load_settings({}, config_file=ROOT / "config" / "example.toml")
+    assert settings.uses_simulator
+    assert settings.slice == "day"
+
+
+def test_nightly_template_is_valid() -> None:
+    """config/nightly.toml loads cleanly and points at the real API."""
+    settings = load_settings({}, config_file=ROOT / "config" / "nightly.toml")
+    assert settings.base_url.startswith("https://")
+    assert settings.window == "yesterday"
+
+
+async def test_example_config_runs_on_a_fresh_clone(tmp_path: Path) -> None:
+    """`fetcher export --config config/example.toml` works with no key and no server."""
+    result = await run_cli(
+        ["export", "--config", str(ROOT / "config" / "example.toml")], key=None, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "fetcher-example" / "report.json").read_text())
+    assert report["status"] == "ok"
+    assert report["slices"] == 7
+    assert report["records"] == 7 * 2 * 240
+
+
+@pytest.mark.parametrize(
+    ("zone", "now", "start", "end"),
+    [
+        # The day after the spring change: yesterday had 23 hours.
+        (
+            "Europe/London",
+            "2024-04-01T06:00:00+01:00",
+            "2024-03-31T00:00:00.000+00:00",
+            "2024-03-31T23:59:59.999+01:00",
+        ),
+        (
+            "Europe/London",
+            "2024-10-28T06:00:00+00:00",
+            "2024-10-27T00:00:00.000+01:00",
+            "2024-10-27T23:59:59.999+00:00",
+        ),
+        (
+            "America/New_York",
+            "2024-03-11T06:00:00-04:00",
+            "2024-03-10T00:00:00.000-05:00",
+            "2024-03-10T23:59:59.999-04:00",
+        ),
+        (
+            "America/New_York",
+            "2024-11-04T06:00:00-05:00",
+            "2024-11-03T00:00:00.000-04:00",
+            "2024-11-03T23:59:59.999-05:00",
+        ),
+    ],
+)
+def test_relative_window_at_dst_boundaries_through_settings(
+    zone: str, now: str, start: str, end: str
+) -> None:
+    """--window yesterday across each DST change gives local midnight to 23:59:59.999."""
+    settings = load_settings({"window": "yesterday", "timezone": zone, "users": "a"})
+    first, last = settings.resolved_window(now=dt.datetime.fromisoformat(now))
+    assert first.isoformat(timespec="milliseconds") == start
+    assert last.isoformat(timespec="milliseconds") == end
+    assert first.tzinfo == ZoneInfo(zone)
+
+
+async def test_unknown_key_in_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    """A misspelt config key stops the CLI before any request, naming the file and key."""
+    config = tmp_path / "bad.toml"
+    config.write_text('base_url = "simulator"\nwindw = "yesterday"\n')
+    result = await run_cli(["export", "--config", str(config), "--out", str(tmp_path / "x.jsonl")])
+    assert result.returncode == ExitCode.USAGE
+    assert "bad.toml: key 'windw'" in result.stderr

@@ -1,0 +1,245 @@
+"""The DuckDB sink: a keyed table, one transaction per page, idempotent re-runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from fetcher.errors import ConfigError, SinkError
+from fetcher.models import Page
+from fetcher.simulator import serve
+from fetcher.sinks import ResumableSink
+from fetcher.sinks._schema import COLUMNS
+from fetcher.sinks.duckdb import DuckDBSink
+from fetcher.spec import QuerySpec
+from tests.tabular import (
+    CLEAN,
+    FAILING,
+    PAGES_PER_QUERY,
+    TEAM_SIZE,
+    assert_same_table,
+    done_pages,
+    expected_table,
+    run_export,
+    slice_specs,
+)
+
+SPEC = QuerySpec(
+    user_ids=("a", "b"),
+    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    end=dt.datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=dt.UTC),
+    type="prospect",
+)
+
+
+def page(number: int, *records: dict[str, Any]) -> Page:
+    return Page(SPEC, number, list(records))
+
+
+def read_table(path: Path, table: str = "team_stats") -> list[dict[str, Any]]:
+    """Every row, read with duckdb itself."""
+    with duckdb.connect(str(path), read_only=True) as connection:
+        cursor = connection.execute(f'SELECT * FROM "{table}"')
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+
+def test_is_a_resumable_sink_whose_repr_names_file_and_table(tmp_path: Path) -> None:
+    """The sink is a ResumableSink; repr shows path and table."""
+    sink = DuckDBSink(tmp_path / "x.duckdb", table="stats_2024")
+    assert isinstance(sink, ResumableSink)
+    assert repr(sink) == f"DuckDBSink({str(tmp_path / 'x.duckdb')!r}, table='stats_2024')"
+
+
+@pytest.mark.parametrize("name", ["team stats", "1st", "x;drop table y", "", "a" * 64, 'q"'])
+def test_table_name_must_be_an_identifier(tmp_path: Path, name: str) -> None:
+    """A table name that is not a plain identifier is a ConfigError naming --table."""
+    with pytest.raises(ConfigError) as info:
+        DuckDBSink(tmp_path / "x.duckdb", table=name)
+    assert info.value.field == "--table"
+
+
+async def test_table_is_created_with_the_schema_and_key(tmp_path: Path) -> None:
+    """Entering creates the table: schema columns, DuckDB types, primary key on the natural key."""
+    path = tmp_path / "new" / "stats.duckdb"
+    async with DuckDBSink(path):
+        pass
+    with duckdb.connect(str(path), read_only=True) as connection:
+        types = dict(
+            connection.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'team_stats' ORDER BY ordinal_position"
+            ).fetchall()
+        )
+        (key,) = connection.execute(
+            "SELECT constraint_column_names FROM duckdb_constraints() "
+            "WHERE table_name = 'team_stats' AND constraint_type = 'PRIMARY KEY'"
+        ).fetchone() or (None,)
+    assert list(types) == list(COLUMNS)
+    assert types["window_start"] == types["fetched_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["meeting_booked"] == "BIGINT"
+    assert types["extra"] == "JSON"
+    assert key == ["window_start", "window_end", "type", "count_by", "user_id"]
+
+
+async def test_existing_table_with_other_columns_fails_on_enter(tmp_path: Path) -> None:
+    """A table of the same name but another shape is refused before anything is fetched."""
+    path = tmp_path / "x.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE team_stats (id INTEGER, note VARCHAR)")
+    with pytest.raises(SinkError, match=r"other columns.*choose another --table"):
+        async with DuckDBSink(path):
+            pass
+
+
+async def test_existing_table_without_the_key_fails_on_enter(tmp_path: Path) -> None:
+    """The right columns but no primary key: the upsert cannot work, so entering fails."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path, table="keyed"):
+        pass
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE team_stats AS SELECT * FROM keyed LIMIT 0")
+    with pytest.raises(SinkError, match="cannot use table 'team_stats'"):
+        async with DuckDBSink(path):
+            pass
+
+
+async def test_not_a_database_fails_on_enter(tmp_path: Path) -> None:
+    """A file that is not a DuckDB database fails on entry with a SinkError."""
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 100)
+    with pytest.raises(SinkError, match="cannot open the DuckDB database"):
+        async with DuckDBSink(path):
+            pass
+
+
+async def test_a_page_is_one_transaction(tmp_path: Path) -> None:
+    """A page DuckDB refuses leaves none of its rows; earlier pages stay committed."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path) as sink:
+        await sink.write(page(1, {"userId": "a", "prospectAdded": 1}))
+        too_big = page(2, {"userId": "b", "prospectAdded": 2}, {"userId": "c", "opened": 2**70})
+        with pytest.raises(SinkError, match="page 2 of query") as info:
+            await sink.write(too_big)
+        await sink.write(page(3, {"userId": "d", "prospectAdded": 4}))
+    assert "team_stats" in str(info.value)
+    assert sorted(r["user_id"] for r in read_table(path)) == ["a", "d"]
+
+
+async def test_upsert_replaces_rows_and_a_repeated_user_in_a_page_is_written_once(
+    tmp_path: Path,
+) -> None:
+    """Writing a key again replaces its row; a page that lists a user twice keeps the last."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path) as sink:
+        await sink.write(page(1, {"userId": "a", "prospectAdded": 1}))
+        await sink.write(
+            page(2, {"userId": "a", "prospectAdded": 2}, {"userId": "a", "prospectAdded": 3})
+        )
+    (row,) = read_table(path)
+    assert row["prospect_added"] == 3
+
+
+async def test_blocking_calls_run_in_a_worker_thread(tmp_path: Path) -> None:
+    """DuckDB is called off the event loop's thread."""
+    threads: list[int] = []
+    sink = DuckDBSink(tmp_path / "x.duckdb")
+    upsert = sink._upsert
+
+    def spy(*args: Any) -> None:
+        threads.append(threading.get_ident())
+        upsert(*args)
+
+    sink._upsert = spy  # type: ignore[method-assign,assignment]
+    async with sink:
+        await sink.write(page(1, {"userId": "a"}))
+    assert threads and threads[0] != threading.get_ident()
+
+
+async def test_checkpoint_token_is_empty_and_any_token_resumes(tmp_path: Path) -> None:
+    """Pages are committed as written: the token is {} and resume_from accepts it."""
+    sink = DuckDBSink(tmp_path / "x.duckdb")
+    sink.resume_from({})
+    async with sink:
+        assert await sink.checkpoint() == {}
+
+
+async def test_extra_is_json_in_the_table(tmp_path: Path) -> None:
+    """A field fetcher does not know lands in `extra`, queryable as JSON."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path) as sink:
+        await sink.write(page(1, {"userId": "a", "prospectAdded": 1, "newMetric": 5}))
+    with duckdb.connect(str(path), read_only=True) as connection:
+        found = connection.execute("SELECT extra->>'newMetric' FROM team_stats").fetchone()
+    assert found == ("5",)
+
+
+# --- real exports ----------------------------------------------------------------------------
+
+
+async def test_multi_slice_export_reads_back_exactly(tmp_path: Path) -> None:
+    """3 windows x 2 types, 30 pages: every record once, every value as the API served it."""
+    path = tmp_path / "stats.duckdb"
+    async with serve(CLEAN) as sim:
+        specs = slice_specs(sim)
+        summary = await run_export(sim, specs, DuckDBSink(path, table="daily"))
+        expected = expected_table(sim, specs)
+    assert summary.ok and summary.pages == 6 * PAGES_PER_QUERY
+    assert len(expected) == 6 * TEAM_SIZE
+    assert_same_table(read_table(path, "daily"), expected)
+
+
+async def test_rerun_replaces_rows_and_never_duplicates(tmp_path: Path) -> None:
+    """The same export twice: same row count, rows replaced (later fetched_at)."""
+    path = tmp_path / "stats.duckdb"
+    async with serve(CLEAN) as sim:
+        specs = slice_specs(sim)
+        await run_export(sim, specs, DuckDBSink(path))
+        first = {r["user_id"] + r["type"] + str(r["window_start"]): r for r in read_table(path)}
+        summary = await run_export(sim, specs, DuckDBSink(path))
+        expected = expected_table(sim, specs)
+    assert summary.ok
+    again = read_table(path)
+    assert len(again) == len(first) == 6 * TEAM_SIZE
+    assert_same_table(again, expected)
+    for row in again:
+        before = first[row["user_id"] + row["type"] + str(row["window_start"])]
+        assert row["fetched_at"] > before["fetched_at"]
+
+
+async def test_incomplete_run_then_rerun_leaves_no_duplicates(tmp_path: Path) -> None:
+    """A run missing page 3 of each query keeps its pages; a clean re-run completes them once."""
+    path = tmp_path / "stats.duckdb"
+    async with serve(FAILING) as sim:
+        summary = await run_export(sim, slice_specs(sim), DuckDBSink(path))
+    assert summary.status == "incomplete"
+    assert len(read_table(path)) == 6 * (TEAM_SIZE - 10)  # committed per page
+    async with serve(CLEAN) as sim:
+        specs = slice_specs(sim)
+        summary = await run_export(sim, specs, DuckDBSink(path))
+        expected = expected_table(sim, specs)
+    assert summary.ok
+    assert_same_table(read_table(path), expected)
+
+
+async def test_resumed_run_fetches_only_what_is_missing(tmp_path: Path) -> None:
+    """A checkpointed run missing pages, resumed: only those are fetched; no duplicates."""
+    path = tmp_path / "stats.duckdb"
+    state = tmp_path / "stats.state.json"
+    async with serve(FAILING) as sim:
+        first = await run_export(sim, slice_specs(sim), DuckDBSink(path), state=state, output="db")
+    assert first.status == "incomplete"
+    assert done_pages(state) == 6 * (PAGES_PER_QUERY - 1)
+    async with serve(CLEAN) as sim:
+        specs = slice_specs(sim)
+        second = await run_export(sim, specs, DuckDBSink(path), state=state, output="db")
+        requests = sim.stats.requests
+        expected = expected_table(sim, specs)
+    assert second.ok and second.resumed_pages == 6 * (PAGES_PER_QUERY - 1)
+    assert requests == 6
+    assert_same_table(read_table(path), expected)
