@@ -18,6 +18,7 @@ before the first request:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from fetcher.client import Client
 from fetcher.errors import ConfigError, FetcherError
 from fetcher.models import ResponseShape
 from fetcher.retry import RetryPolicy
-from fetcher.runner import RunSummary, export
+from fetcher.runner import Paginator, RunSummary, export
 from fetcher.settings import ExportSettings, resolve_api_key
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
@@ -74,7 +75,11 @@ def _api_key(settings: ExportSettings) -> SecretStr:
 
 
 async def run_job(
-    settings: ExportSettings, *, fresh: bool = False, now: dt.datetime | None = None
+    settings: ExportSettings,
+    *,
+    fresh: bool = False,
+    now: dt.datetime | None = None,
+    watch: Callable[[Paginator], Awaitable[None]] | None = None,
 ) -> JobOutcome:
     """Run one export job end to end.
 
@@ -82,6 +87,7 @@ async def run_job(
         settings: validated settings.
         fresh: ignore an interrupted run's checkpoint and start over.
         now: the moment relative windows are evaluated at (default: now).
+        watch: runs alongside the export (a progress display), see :func:`export`.
 
     Raises:
         ConfigError: for input found wrong before any request was sent.
@@ -135,7 +141,12 @@ async def run_job(
             )
         try:
             summary = await export(
-                specs, sink, client=client, max_pages=settings.max_pages, checkpoint=checkpoint
+                specs,
+                sink,
+                client=client,
+                max_pages=settings.max_pages,
+                checkpoint=checkpoint,
+                watch=watch,
             )
         except FetcherError as exc:
             summary = exc.summary or RunSummary(status="failed", error=str(exc))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -53,7 +53,15 @@ if TYPE_CHECKING:
     from fetcher.sinks import Sink
     from fetcher.state import Checkpointer
 
-__all__ = ["FailedPage", "PageStream", "Paginator", "RunSummary", "export"]
+__all__ = [
+    "FailedPage",
+    "PageStream",
+    "Paginator",
+    "QueryView",
+    "RunSnapshot",
+    "RunSummary",
+    "export",
+]
 
 log = structlog.get_logger("fetcher.runner")
 
@@ -172,6 +180,46 @@ class RunSummary:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class QueryView:
+    """One query's progress, as a progress display shows it."""
+
+    key: str
+    type: str
+    window_start: dt.datetime
+    window_end: dt.datetime
+    pages_done: int
+    pages_total: int | None
+    finished: bool
+    failed_pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """The run's progress at one instant (see :meth:`Paginator.snapshot`).
+
+    ``pages_total`` counts the pages of queries whose size is known (from
+    page 1's meta, or their last page); ``queries_unsized`` are those whose
+    size is not known yet. ``waiting_until`` is the epoch time the limiter
+    holds every worker until (a rate-limit pause), or ``None``.
+    """
+
+    elapsed_s: float
+    queries_total: int
+    queries_finished: int
+    queries_unsized: int
+    pages_done: int
+    pages_total: int
+    records: int
+    requests: int
+    retries: int
+    failed_pages: int
+    waiting_until: float | None
+    interval_s: float
+    resumed_pages: int
+    active: tuple[QueryView, ...]
+
+
 def _asdict(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
@@ -226,6 +274,7 @@ class Paginator:
         self._started = time.monotonic()
         self._started_at = _now_iso()
         self._cancel: Callable[[], None] | None = None
+        self._done_callbacks: list[Callable[[], None]] = []
         self.pages_written = 0
         self.records_written = 0
         self.resumed_pages = 0
@@ -257,6 +306,12 @@ class Paginator:
                 self.fatal = self.fatal or _as_fetcher_error(exc)
             finally:
                 self._cancel = None
+                for callback in self._done_callbacks:
+                    callback()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when :meth:`run` ends, however it ends."""
+        self._done_callbacks.append(callback)
 
     def _is_fatal(self, error: FetcherError) -> bool:
         if isinstance(error, AuthError | ConfigError | TLSError):
@@ -303,6 +358,55 @@ class Paginator:
                     # The reader went away (the iterator was closed): stop quietly.
                     tg.cancel_scope.cancel()
                     return
+
+    def snapshot(self) -> RunSnapshot:
+        """The run's progress right now; cheap enough to poll a few times a second."""
+        plans = self.schedule.plans
+        pages_done = pages_total = unsized = finished = failed = 0
+        active = []
+        for plan in plans:
+            done = len(plan.done)
+            pages_done += done
+            failed += len(plan.missing)
+            if plan.finished:
+                finished += 1
+            total = plan.end if plan.end is not None else plan.total_pages
+            if total is None:
+                unsized += 1
+            else:
+                pages_total += max(total - len(plan.skip), 0)
+            if plan.started and not plan.finished:
+                active.append(
+                    QueryView(
+                        key=plan.key,
+                        type=plan.spec.type,
+                        window_start=plan.spec.start,
+                        window_end=plan.spec.end,
+                        pages_done=done,
+                        pages_total=total,
+                        finished=plan.finished,
+                        failed_pages=len(plan.missing),
+                    )
+                )
+        limiter = self.client.limiter
+        until = limiter.waiting_until
+        wall_until = None if until is None else time.time() + (until - time.monotonic())
+        return RunSnapshot(
+            elapsed_s=time.monotonic() - self._started,
+            queries_total=len(plans),
+            queries_finished=finished,
+            queries_unsized=unsized,
+            pages_done=pages_done,
+            pages_total=pages_total,
+            records=sum(plan.records for plan in plans),
+            requests=self.requests,
+            retries=max(self.requests - self.pages_ok - failed, 0),
+            failed_pages=failed,
+            waiting_until=wall_until,
+            interval_s=limiter.interval_s,
+            resumed_pages=self.resumed_pages,
+            active=tuple(active),
+        )
 
     def summary(self) -> RunSummary:
         """The run's summary so far (complete once :meth:`run` has returned)."""
@@ -440,6 +544,7 @@ async def export(
     max_pages: int = DEFAULT_MAX_PAGES,
     checkpoint: Checkpointer | None = None,
     on_page: Callable[[Page], None] | None = None,
+    watch: Callable[[Paginator], Awaitable[None]] | None = None,
     **client_options: Any,
 ) -> RunSummary:
     """Fetch every page of ``queries`` and write each into ``sink`` as it arrives.
@@ -456,6 +561,8 @@ async def export(
             (see :mod:`fetcher.state`); needs a sink with ``checkpoint`` and
             ``resume_from`` (:class:`~fetcher.sinks.ResumableSink`).
         on_page: called after the sink has written each page.
+        watch: run alongside the export with its paginator (e.g. a progress
+            display polling :meth:`Paginator.snapshot`); cancelled at the end.
         **client_options: arguments for :class:`~fetcher.client.Client`.
 
     Returns:
@@ -490,7 +597,9 @@ async def export(
             paginator.resumed_records = checkpoint.resumed_records
         buffer = queue_size if queue_size is not None else paginator.concurrency
         try:
-            await _export(paginator, sink, buffer, on_page, checkpoint)
+            await _export(
+                paginator, sink, buffer, on_page=on_page, checkpoint=checkpoint, watch=watch
+            )
         except IncompleteRunError as exc:
             return exc.summary
         except FetcherError as exc:
@@ -519,6 +628,18 @@ def _prepare_resume(checkpoint: Checkpointer, sink: Sink) -> None:
         checkpoint.restart()
 
 
+async def _watch(
+    watch: Callable[[Paginator], Awaitable[None]], paginator: Paginator, tg: TaskGroup
+) -> None:
+    """Run the watcher until the fetch is over (it must not outlive the run)."""
+    with anyio.CancelScope() as scope:
+        paginator.on_done(scope.cancel)
+        try:
+            await watch(paginator)
+        except Exception:  # a display must never break an export
+            log.exception("watch.failed")
+
+
 async def _write(
     sink: Sink, page: Page, checkpoint: Checkpointer | None, plans: list[QueryPlan]
 ) -> FetcherError | None:
@@ -542,8 +663,10 @@ async def _export(
     paginator: Paginator,
     sink: Sink,
     buffer: int,
+    *,
     on_page: Callable[[Page], None] | None,
     checkpoint: Checkpointer | None,
+    watch: Callable[[Paginator], Awaitable[None]] | None = None,
 ) -> None:
     send, receive = anyio.create_memory_object_stream["Page"](max_buffer_size=buffer)
     sink_error: FetcherError | None = None
@@ -556,6 +679,8 @@ async def _export(
     async with sink:
         async with anyio.create_task_group() as tg:
             tg.start_soon(paginator.run, send)
+            if watch is not None:
+                tg.start_soon(_watch, watch, paginator, tg)
             async with receive:
                 async for page in receive:
                     sink_error = await _write(sink, page, checkpoint, plans)

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from fetcher.errors import InvalidJSONError, ShapeError
-from fetcher.models import Page, PageMeta, ResponseShape, parse_page
+from fetcher.models import Page, PageMeta, ResponseShape, parse_page, parse_team_members
 from fetcher.spec import QuerySpec
 
 SPEC = QuerySpec(
@@ -125,3 +125,36 @@ def test_pages_for_uses_total_items_when_total_pages_is_missing() -> None:
     assert PageMeta(total_items=20).pages_for(10) == 2
     assert PageMeta(total_items=0).pages_for(10) == 0
     assert PageMeta().pages_for(10) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "ok", "payload": [{"id": "a1", "firstName": "A"}, {"id": "b2"}]},
+        {"payload": {"data": [{"userId": "a1"}, {"userId": "b2"}]}},
+        {"payload": {"members": [{"user_id": "a1"}, {"_id": "b2"}]}},
+        [{"id": "a1"}, {"id": "b2"}],
+    ],
+)
+def test_team_member_list_shapes(body: object) -> None:
+    """The undocumented member list is read from any known envelope and id field."""
+    members, problems = parse_team_members(orjson.dumps(body))
+    assert [m.user_id for m in members] == ["a1", "b2"]
+    assert problems == []
+
+
+def test_team_member_list_reports_what_it_did_not_understand() -> None:
+    """Entries without an id, non-objects and repeats are skipped and described."""
+    body = {"payload": [{"id": "a1"}, {"name": "no id"}, "x", {"id": "a1"}, {"id": 42}]}
+    members, problems = parse_team_members(orjson.dumps(body))
+    assert [m.user_id for m in members] == ["a1", "42"]
+    assert len(problems) == 3
+    assert "entry 1 has no id field" in problems[0]
+    assert "not an object" in problems[1]
+    assert "repeats user id 'a1'" in problems[2]
+
+
+def test_team_member_list_without_a_list_is_a_shape_error() -> None:
+    """A body with no list of members fails naming what it held."""
+    with pytest.raises(ShapeError, match="keys \\[message, total\\]"):
+        parse_team_members(orjson.dumps({"message": "ok", "total": 3}))

@@ -25,6 +25,7 @@ from fetcher import (
 )
 from fetcher.limits import Limiter, Rate
 from fetcher.models import Page
+from fetcher.runner import Paginator, RunSnapshot
 from tests.fakes import FakeClock
 
 USERS = tuple(f"user{i:05d}" for i in range(95))
@@ -178,3 +179,23 @@ async def test_retries_go_through_the_limiter() -> None:
     assert len(sent) == limiter.stats.requests == summary.requests == 14
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert min(gaps) == pytest.approx(0.1)
+
+
+async def test_watch_sees_progress_and_is_stopped_at_the_end() -> None:
+    """A watcher polls snapshots during the run and is cancelled when the fetch ends."""
+    api = FakeAPI(delay=0.005)
+    seen: list[RunSnapshot] = []
+
+    async def watch(paginator: Paginator) -> None:
+        while True:
+            seen.append(paginator.snapshot())
+            await anyio.sleep(0.005)
+
+    with anyio.fail_after(10):
+        summary = await export(SPEC, MemorySink(), client=client(api, concurrency=2), watch=watch)
+    assert summary.ok
+    assert len(seen) >= 3
+    sized = [s for s in seen if s.pages_total]
+    assert sized and all(s.pages_total == 10 for s in sized)  # known from page 1's meta
+    assert [s.pages_done for s in seen] == sorted(s.pages_done for s in seen)
+    assert seen[-1].queries_total == 1

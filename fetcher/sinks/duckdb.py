@@ -43,6 +43,7 @@ import anyio
 import structlog
 
 from fetcher.errors import SinkError
+from fetcher.sinks._common import check_columns
 from fetcher.sinks._schema import (
     COLUMN_KINDS,
     COLUMNS,
@@ -182,14 +183,7 @@ class DuckDBSink:
                 [self.table],
             ).fetchall()
         ]
-        if found != list(COLUMNS):
-            missing = [c for c in COLUMNS if c not in found]
-            unknown = [c for c in found if c not in COLUMNS]
-            raise SinkError(
-                f"table {self.table!r} in {self.path} already exists with other columns "
-                f"(missing: {', '.join(missing) or '-'}; not ours: {', '.join(unknown) or '-'}"
-                "; or in another order); choose another --table, or drop that table"
-            )
+        check_columns(found, f"table {self.table!r} in {self.path}")
 
     async def write(self, page: Page) -> None:
         """Upsert the page's rows in one transaction.

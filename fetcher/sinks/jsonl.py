@@ -20,14 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import anyio
 import orjson
 import structlog
 
-from fetcher.errors import SinkError
-from fetcher.sinks._common import partial_path, provenance, replace_atomically
+from fetcher.sinks._common import AppendOnlyFile, partial_path, provenance
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -62,8 +60,7 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        self._file: IO[bytes] | None = None
-        self._resume_at: int | None = None
+        self._file = AppendOnlyFile(self.partial, log=log)
         self.records = 0
 
     def __repr__(self) -> str:
@@ -75,69 +72,24 @@ class JsonlSink:
         Raises:
             SinkError: when ``NAME.partial`` is gone or shorter than the checkpoint.
         """
-        offset = token.get("offset")
-        if not isinstance(offset, int) or offset < 0:
-            raise SinkError(f"checkpoint {dict(token)!r} has no valid offset")
-        try:
-            size = self.partial.stat().st_size
-        except OSError:
-            raise SinkError(f"cannot resume: {self.partial} is missing") from None
-        if size < offset:
-            raise SinkError(
-                f"cannot resume: {self.partial} has {size} bytes, the checkpoint {offset}"
-            )
-        self._resume_at = offset
+        self._file.resume_from(token)
 
     async def __aenter__(self) -> Self:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self._resume_at is None:
-                self._file = self.partial.open("wb")
-            else:
-                self._file = self.partial.open("r+b")
-                self._file.truncate(self._resume_at)
-                self._file.seek(self._resume_at)
-        except OSError as exc:
-            raise SinkError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
+        self._file.open()
         self.records = 0
         return self
 
     async def checkpoint(self) -> dict[str, Any]:
         """Sync what is written; the token is the file's length."""
-        assert self._file is not None, "use the sink as an async context manager"
-        return {"offset": await anyio.to_thread.run_sync(self._sync, self._file)}
-
-    @staticmethod
-    def _sync(file: IO[bytes]) -> int:
-        file.flush()
-        os.fsync(file.fileno())
-        return file.tell()
+        return await self._file.checkpoint()
 
     async def write(self, page: Page) -> None:
         """Append the page's records and flush them to the operating system."""
-        assert self._file is not None, "use the sink as an async context manager"
-        data = encode_page(page)
-        await anyio.to_thread.run_sync(self._write, data)
+        await self._file.write(encode_page(page))
         self.records += len(page.records)
 
-    def _write(self, data: bytes) -> None:
-        assert self._file is not None
-        self._file.write(data)
-        self._file.flush()
-
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        file, self._file = self._file, None
-        if file is None:
-            return
-        if exc_type is not None:
-            file.close()
-            log.warning("output.incomplete", path=str(self.partial), records=self.records)
-            return
-        await anyio.to_thread.run_sync(self._finish, file)
-        log.info("output.complete", path=str(self.path), records=self.records)
-
-    def _finish(self, file: IO[bytes]) -> None:
-        with file:
-            file.flush()
-            os.fsync(file.fileno())
-        replace_atomically(self.partial, self.path)
+        if exc_type is None:
+            await self._file.finish(self.path, records=self.records)
+        else:
+            self._file.abort(records=self.records)

@@ -37,13 +37,13 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 import structlog
 
 from fetcher.errors import ConfigError, SinkError
-from fetcher.sinks._common import partial_path, replace_atomically
+from fetcher.sinks._common import AppendOnlyFile, partial_path, replace_atomically, writing
 from fetcher.sinks._schema import COLUMN_KINDS, COLUMNS, KEY_COLUMNS, SCHEMA_ID, rows
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ class ParquetSink:
         self.spool = self.temporary.with_name(self.temporary.name + SPOOL_SUFFIX)
         self.partial = self.spool
         self.row_group_rows = max(1, row_group_rows)
-        self._file: IO[bytes] | None = None
-        self._resume_at: int | None = None
+        self._spool = AppendOnlyFile(self.spool, log=log, schema=SCHEMA_ID)
         self.records = 0
 
     def __repr__(self) -> str:
@@ -138,46 +137,16 @@ class ParquetSink:
             SinkError: when the spool is gone or shorter than the checkpoint,
                 or was written with other columns.
         """
-        offset = token.get("offset")
-        if not isinstance(offset, int) or offset < 0:
-            raise SinkError(f"checkpoint {dict(token)!r} has no valid offset")
-        if token.get("schema") != SCHEMA_ID:
-            raise SinkError(f"cannot resume: {self.spool} was written with other columns")
-        try:
-            size = self.spool.stat().st_size
-        except OSError:
-            raise SinkError(f"cannot resume: {self.spool} is missing") from None
-        if size < offset:
-            raise SinkError(
-                f"cannot resume: {self.spool} has {size} bytes, the checkpoint {offset}"
-            )
-        self._resume_at = offset
+        self._spool.resume_from(token)
 
     async def __aenter__(self) -> Self:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self._resume_at is None:
-                self._file = self.spool.open("wb")
-            else:
-                self._file = self.spool.open("r+b")
-                self._file.truncate(self._resume_at)
-                self._file.seek(self._resume_at)
-        except OSError as exc:
-            raise SinkError(f"cannot write {self.spool}: {exc.strerror or exc}") from exc
+        self._spool.open()
         self.records = 0
         return self
 
     async def checkpoint(self) -> dict[str, Any]:
         """Sync the spool; the token is its length (and the schema)."""
-        assert self._file is not None, "use the sink as an async context manager"
-        offset = await anyio.to_thread.run_sync(self._sync, self._file)
-        return {"offset": offset, "schema": SCHEMA_ID}
-
-    @staticmethod
-    def _sync(file: IO[bytes]) -> int:
-        file.flush()
-        os.fsync(file.fileno())
-        return file.tell()
+        return await self._spool.checkpoint()
 
     async def write(self, page: Page) -> None:
         """Append the page to the spool as one Arrow record batch.
@@ -188,15 +157,12 @@ class ParquetSink:
         """
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
-        assert self._file is not None, "use the sink as an async context manager"
+        assert self._spool.is_open, "use the sink as an async context manager"
         if not page.records:
             return
         try:
-            await anyio.to_thread.run_sync(self._write, page)
-        except OSError as exc:
-            raise SinkError(
-                f"cannot write {self.spool}: {exc.strerror or exc}", page=page.ref
-            ) from exc
+            with writing(self.spool, page.ref):
+                await anyio.to_thread.run_sync(self._write, page)
         except (pa.ArrowException, OverflowError) as exc:
             raise SinkError(
                 f"cannot convert the page to Arrow: {type(exc).__name__}: {exc}", page=page.ref
@@ -206,7 +172,6 @@ class ParquetSink:
     def _write(self, page: Page) -> None:
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
-        assert self._file is not None
         schema = self.schema
         columns = list(zip(*rows(page), strict=True))
         batch = pa.RecordBatch.from_arrays(
@@ -216,17 +181,15 @@ class ParquetSink:
             ],
             schema=schema,
         )
-        self._file.write(batch.serialize())
-        self._file.flush()
+        self._spool.append(batch.serialize())
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        file, self._file = self._file, None
-        if file is None:
-            return
-        file.close()
         if exc_type is not None:
-            log.warning("output.incomplete", path=str(self.spool), records=self.records)
+            self._spool.abort(records=self.records)
             return
+        if not self._spool.is_open:
+            return
+        self._spool.close()
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
         try:

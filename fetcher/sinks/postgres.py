@@ -39,6 +39,7 @@ from pydantic import SecretStr
 
 from fetcher.errors import ConfigError, SinkError
 from fetcher.logs import REDACTED
+from fetcher.sinks._common import check_columns
 from fetcher.sinks._schema import (
     COLUMNS,
     DEFAULT_TABLE,
@@ -235,15 +236,7 @@ class PostgresSink:
                     self.table,
                 )
             ]
-            if found != list(COLUMNS):
-                missing = [c for c in COLUMNS if c not in found]
-                unknown = [c for c in found if c not in COLUMNS]
-                raise SinkError(
-                    f"{where} already exists with other columns "
-                    f"(missing: {', '.join(missing) or '-'}; not ours: "
-                    f"{', '.join(unknown) or '-'}; or in another order); "
-                    "choose another --table, or drop that table"
-                )
+            check_columns(found, where)
             # Preparing checks the ON CONFLICT target: a table without the key fails now.
             await connection.prepare(self._sql)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
