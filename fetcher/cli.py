@@ -112,6 +112,12 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--max-attempts", type=int, help="tries per page, retries included (6)")
     fetch.add_argument("--max-pages", type=int, help="most pages one query may have (10000)")
     fetch.add_argument("--records-path", help="dotted path to the record list (auto-detected)")
+    fetch.add_argument("--user-id-field", help="the record field holding the user id (userId)")
+    fetch.add_argument(
+        "--repair-rounds",
+        type=int,
+        help="re-reads of a query whose users did not all arrive before it fails (3)",
+    )
 
     out = parser.add_argument_group("results")
     out.add_argument(
@@ -260,11 +266,19 @@ async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCo
     if not summary.ok:
         _say(
             f"fetcher: incomplete: {len(summary.failed_pages)} page(s) missing, "
-            f"{len(summary.failed_queries)} query(ies) failed; run the same command again "
-            "to fetch only what is missing"
+            f"{len(summary.failed_queries)} query(ies) failed, "
+            f"{len(summary.incomplete_queries)} query(ies) short of users; run the same "
+            "command again to fetch only what is missing"
         )
         for failed in summary.failed_pages[:20]:
             _say(f"  missing page {failed.page} of {failed.query}: {failed.error}")
+        for short in summary.incomplete_queries[:20]:
+            missing = ", ".join(short.missing_users[:10]) or "unknown ids"
+            _say(
+                f"  {short.type} {short.window_start}..{short.window_end}: "
+                f"{(short.expected_users or 0) - short.received_users} user(s) never returned "
+                f"after {short.repair_rounds} re-read(s): {missing}"
+            )
         _say(_what_was_kept(outcome.sink, summary))
         return ExitCode.INCOMPLETE
     resumed = (

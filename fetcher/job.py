@@ -114,7 +114,9 @@ async def run_job(
                 rate_limit=settings.rate,
                 timeout=settings.timeout,
                 retry=RetryPolicy(attempts=settings.max_attempts),
-                shape=ResponseShape(records_path=settings.records_path),
+                shape=ResponseShape(
+                    records_path=settings.records_path, user_id_field=settings.user_id_field
+                ),
             )
         )
         if users is None:
@@ -147,13 +149,15 @@ async def run_job(
                 max_pages=settings.max_pages,
                 checkpoint=checkpoint,
                 watch=watch,
+                expected_path=checkpoint.expected_records_path if checkpoint else None,
+                repair_rounds=settings.repair_rounds,
             )
         except FetcherError as exc:
             summary = exc.summary or RunSummary(status="failed", error=str(exc))
             return JobOutcome(summary, sink, error=exc, details=details)
         if summary.ok and checkpoint is not None:
             completed = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
-            await checkpoint.finish("complete", ledger={identity: completed})
+            await checkpoint.finish("complete", ledger={identity: completed}, shape=summary.shape)
             details["completed_through"] = completed
     return JobOutcome(summary, sink, details=details)
 

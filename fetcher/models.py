@@ -32,7 +32,16 @@ if TYPE_CHECKING:
 
     from fetcher.spec import QuerySpec
 
-__all__ = ["Page", "PageMeta", "ResponseShape", "TeamMember", "parse_page", "parse_team_members"]
+__all__ = [
+    "Page",
+    "PageMeta",
+    "ResponseShape",
+    "ShapeFindings",
+    "TeamMember",
+    "inspect_shape",
+    "parse_page",
+    "parse_team_members",
+]
 
 #: Keys under which this backend has been seen to put a list, in the order tried.
 LIST_KEYS: Final = ("data", "items", "payload", "records", "rows", "results")
@@ -101,6 +110,8 @@ class Page:
         attempts: requests it took, retries included.
         elapsed_s: seconds from the first attempt to the parsed page.
         records_path: where the records were found (e.g. ``payload.data``).
+        repair: read again to complete its query (see :func:`fetcher.plan.consolidate`).
+        last_of_query: the last page of its query to be delivered.
     """
 
     query: QuerySpec
@@ -111,6 +122,8 @@ class Page:
     attempts: int = 1
     elapsed_s: float = 0.0
     records_path: str = ""
+    repair: bool = False
+    last_of_query: bool = False
 
     @property
     def ref(self) -> PageRef:
@@ -290,6 +303,44 @@ def parse_page(
         meta=meta,
         records_path=where,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeFindings:
+    """How a page's records compare with what fetcher knows of its report type.
+
+    Attributes:
+        records_path: where the records were.
+        new_fields: fields fetcher does not know (a metric the API added?); kept.
+        missing_metrics: metrics of the type that no record carried (vanished?).
+    """
+
+    records_path: str
+    new_fields: tuple[str, ...]
+    missing_metrics: tuple[str, ...]
+
+
+def inspect_shape(page: Page, *, user_id_field: str = "userId") -> ShapeFindings:
+    """Compare a page's records with the fields fetcher expects for its report type.
+
+    Raises:
+        ShapeError: a record lacks the user id field (rows could not be keyed).
+    """
+    known = IDENTITY_FIELDS | set(page.query.metrics) | {user_id_field}
+    seen: dict[str, None] = {}
+    for record in page.records:
+        if user_id_field not in record:
+            raise ShapeError(
+                f"a record has no {user_id_field!r} field, so rows cannot be keyed; it has "
+                f"[{', '.join(list(map(str, record))[:12])}]. Set --user-id-field if the API "
+                "renamed it",
+                page=page.ref,
+                found=", ".join(map(str, record)),
+            )
+        seen.update(dict.fromkeys(record))
+    new = tuple(name for name in seen if name not in known)
+    missing = tuple(m for m in page.query.metrics if m not in seen) if page.records else ()
+    return ShapeFindings(page.records_path, new, missing)
 
 
 def _first_error(exc: ValidationError) -> str:

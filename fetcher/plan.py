@@ -12,9 +12,15 @@ Rules of one query (:class:`QueryPlan`):
   many pages run ahead as there are workers; the first short page is the
   last one, an empty page ends the query before itself, and any page past
   the end is discarded, not delivered.
-* A page is delivered at most once. A page that failed is recorded with its
+* A page is accepted at most once. A page that failed is recorded with its
   error; the others go on. If page 1 fails the query's size is unknown and
   the whole query counts as failed.
+* A query is delivered whole: its pages are held until the last one is back,
+  then :func:`consolidate` keeps one row per user (the later answer wins:
+  counts move while a report is paged, so a user can slide from page 3 to
+  page 2 and be served twice while another is skipped) and compares the users
+  received with the total the API reported. Queries are one row per user, so
+  what is held is bounded by the users per query (``--user-batch-size``).
 
 :class:`Schedule` interleaves many queries over one pool of workers: it
 prefers pages of queries already started (so they finish, and memory and
@@ -27,16 +33,23 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
 
-from fetcher.errors import FetcherError, ResponseError
+from fetcher.errors import FetcherError, ResponseError, ShapeError
 
 if TYPE_CHECKING:
     from fetcher.models import Page
     from fetcher.spec import QuerySpec
 
-__all__ = ["DEFAULT_MAX_PAGES", "QueryPlan", "Schedule"]
+__all__ = [
+    "DEFAULT_MAX_PAGES",
+    "Consolidation",
+    "QueryPlan",
+    "Schedule",
+    "consolidate",
+    "deliverable",
+]
 
 #: Pages one query may have before fetcher refuses to believe it (a hostile or
 #: broken ``totalPages`` must not turn into a billion requests).
@@ -65,6 +78,17 @@ class QueryPlan:
     failed: dict[int, FetcherError] = field(default_factory=dict)
     discarded: int = 0
     records: int = 0
+    #: accepted pages, held until the query is consolidated
+    pages: dict[int, Page] = field(default_factory=dict)
+    #: page numbers in the order their answers arrived
+    arrivals: list[int] = field(default_factory=list)
+    finalized: bool = False
+    #: consolidation: records dropped as repeats, users still missing, repairs made
+    duplicates: int = 0
+    shortfall: int = 0
+    missing_users: tuple[str, ...] = ()
+    repair_rounds: int = 0
+    repair_pages: int = 0
     _next: int = 1
     _in_flight: set[int] = field(default_factory=set)
     _page_one_back: bool = False
@@ -175,6 +199,8 @@ class QueryPlan:
             return False
         self.done.add(number)
         self.records += count
+        self.pages[number] = page
+        self.arrivals.append(number)
         return True
 
     def fail(self, number: int, error: FetcherError) -> None:
@@ -184,6 +210,85 @@ class QueryPlan:
             self._page_one_back = True
             self._set_end(1)
         self.failed[number] = error
+
+
+@dataclass(frozen=True, slots=True)
+class Consolidation:
+    """One query's pages reduced to one row per user, and what is missing.
+
+    Attributes:
+        winners: per user id, the record kept (the latest answer) and its page.
+        duplicates: records on the query's pages that repeated a user (dropped).
+        expected: how many users the API said the query has (meta), else the
+            rows its pages held; ``None`` when pages failed (the shortfall is theirs).
+        shortfall: users expected but not received.
+        missing_requested: requested user ids that no page returned.
+    """
+
+    winners: dict[Any, tuple[int, dict[str, Any]]]
+    duplicates: int
+    expected: int | None
+    shortfall: int
+    missing_requested: tuple[str, ...]
+
+
+def consolidate(
+    plan: QueryPlan, *, user_id_field: str = "userId", extra: Iterable[Page] = ()
+) -> Consolidation:
+    """Keep one row per user of ``plan``'s pages (and ``extra`` repair pages, read later).
+
+    Answers are taken in arrival order, so a later answer for a user replaces
+    an earlier one.
+
+    Raises:
+        ShapeError: a record has no user id, so rows cannot be told apart.
+    """
+    end = plan.end if plan.end is not None else math.inf
+    own = [plan.pages[n] for n in plan.arrivals if n <= end]
+    winners: dict[Any, tuple[int, dict[str, Any]]] = {}
+    rows = 0
+    for page in own:
+        for record in page.records:
+            user = record.get(user_id_field)
+            if user is None:
+                raise ShapeError(
+                    f"a record has no {user_id_field!r} field, so rows cannot be keyed; it has "
+                    f"[{', '.join(map(str, list(record)[:12]))}]. Set --user-id-field if the "
+                    "API renamed it",
+                    page=page.ref,
+                    found=", ".join(map(str, record)),
+                )
+            winners[user] = (page.number, record)
+            rows += 1
+    duplicates = rows - len(winners)
+    for page in extra:
+        for record in page.records:
+            user = record.get(user_id_field)
+            if user is not None:
+                winners[user] = (page.number, record)
+    if plan.missing:
+        expected = None
+    elif plan.total_items is not None:
+        expected = plan.total_items
+    else:
+        expected = rows
+    shortfall = max(expected - len(winners), 0) if expected is not None else 0
+    missing = tuple(u for u in plan.spec.user_ids if u not in winners)
+    return Consolidation(winners, duplicates, expected, shortfall, missing)
+
+
+def deliverable(plan: QueryPlan, outcome: Consolidation, extra: Iterable[Page] = ()) -> list[Page]:
+    """The query's pages in order, each holding only the rows that won, ready to write."""
+    end = plan.end if plan.end is not None else math.inf
+    pages = [plan.pages[n] for n in sorted(plan.pages) if n <= end]
+    pages.extend(extra)
+    # The winners are the very record objects held in the pages: keep those.
+    winning = {id(record) for _, record in outcome.winners.values()}
+    out = []
+    for page in pages:
+        kept = [record for record in page.records if id(record) in winning]
+        out.append(page if len(kept) == len(page.records) else replace(page, records=kept))
+    return out
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
@@ -41,11 +41,13 @@ from fetcher.errors import (
     ConnectError,
     FetcherError,
     IncompleteRunError,
+    ShapeError,
     SinkError,
     TLSError,
 )
-from fetcher.plan import DEFAULT_MAX_PAGES, QueryPlan, Schedule
-from fetcher.spec import QuerySpec, format_api_datetime
+from fetcher.models import ShapeFindings, inspect_shape
+from fetcher.plan import DEFAULT_MAX_PAGES, QueryPlan, Schedule, consolidate, deliverable
+from fetcher.spec import MAX_PAGE_SIZE, QuerySpec, format_api_datetime
 
 if TYPE_CHECKING:
     from fetcher.client import Client
@@ -106,6 +108,22 @@ class QueryResult:
     pages: int
     records: int
     failed_pages: list[int]
+    duplicates_dropped: int = 0
+    repair_rounds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IncompleteQuery:
+    """A query whose users did not all arrive, even after re-reading it."""
+
+    query: str
+    type: str
+    window_start: str
+    window_end: str
+    expected_users: int | None
+    received_users: int
+    missing_users: list[str]
+    repair_rounds: int
 
 
 @dataclass(slots=True)
@@ -129,6 +147,10 @@ class RunSummary:
     discarded_pages: int = 0
     resumed_pages: int = 0
     resumed_records: int = 0
+    duplicates_dropped: int = 0
+    repair_requests: int = 0
+    incomplete_queries: list[IncompleteQuery] = field(default_factory=list)
+    shape: dict[str, Any] = field(default_factory=dict)
     rate_limit_refusals: int = 0
     rate_limit_waits: int = 0
     rate_limit_wait_s: float = 0.0
@@ -167,6 +189,10 @@ class RunSummary:
             "failed_queries": self.failed_queries,
             "discarded_pages": self.discarded_pages,
             "resumed": {"pages": self.resumed_pages, "records": self.resumed_records},
+            "duplicates_dropped": self.duplicates_dropped,
+            "repair_requests": self.repair_requests,
+            "incomplete_queries": [_asdict(q) for q in self.incomplete_queries],
+            "shape": self.shape,
             "rate_limit": {
                 "refusals": self.rate_limit_refusals,
                 "waits": self.rate_limit_waits,
@@ -239,6 +265,8 @@ class Paginator:
             Twice as many workers run, so pages in backoff leave slots to others.
         skip: per query key, pages already written in an earlier run.
         known: per query key, (last page, total pages) an earlier run learnt.
+        repair_rounds: re-reads of a query that came back short before it fails.
+        expected_path: where the records must be (configured, or the last run's).
     """
 
     def __init__(
@@ -250,6 +278,8 @@ class Paginator:
         concurrency: int | None = None,
         skip: Mapping[str, frozenset[int]] | None = None,
         known: Mapping[str, tuple[int | None, int | None]] | None = None,
+        repair_rounds: int = 3,
+        expected_path: str | None = None,
     ) -> None:
         skip = skip or {}
         known = known or {}
@@ -279,6 +309,13 @@ class Paginator:
         self.records_written = 0
         self.resumed_pages = 0
         self.resumed_records = 0
+        self.repair_requests = 0
+        self.retries = 0
+        self.repair_rounds = repair_rounds
+        #: where the records are; fixed by the run's first page (or the last run's)
+        self.expected_path = expected_path
+        #: what the first page of each report type looked like
+        self.shapes: dict[str, ShapeFindings] = {}
 
     def _notify(self) -> None:
         self._changed.set()
@@ -334,6 +371,7 @@ class Paginator:
                 page = await self.client.fetch_page(plan.spec, number)
             except FetcherError as error:
                 self.requests += max(error.attempts, 1)
+                self.retries += max(error.attempts - 1, 0)
                 plan.fail(number, error)
                 self._notify()
                 if self._is_fatal(error):
@@ -346,18 +384,118 @@ class Paginator:
                     attempts=error.attempts,
                     error=str(error),
                 )
-                continue
-            self.requests += page.attempts
-            self.pages_ok += 1
-            deliver = plan.complete(page)
-            self._notify()
-            if deliver:
+            else:
+                self.requests += page.attempts
+                self.retries += page.attempts - 1
+                self.pages_ok += 1
                 try:
-                    await send.send(page)
+                    self._check_shape(page)
+                except ShapeError as error:
+                    self.stop(error)
+                    return
+                plan.complete(page)
+                self._notify()
+            if plan.finished and not plan.finalized:
+                try:
+                    await self._finalize(plan, send)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     # The reader went away (the iterator was closed): stop quietly.
                     tg.cancel_scope.cancel()
                     return
+
+    def _check_shape(self, page: Page) -> None:
+        """Hold every page to the shape of the run's first one (and of the last run).
+
+        Raises:
+            ShapeError: the record list moved (the envelope changed).
+        """
+        expected = self.expected_path
+        if expected is not None and page.records_path != expected:
+            raise ShapeError(
+                f"the response shape changed: records were at {expected!r}, now at "
+                f"{page.records_path!r}. Check the API's changelog; if the new shape is "
+                f"right, pass --records-path {page.records_path} (or --fresh to accept it)",
+                page=page.ref,
+                found=page.records_path,
+            )
+        if expected is None:
+            self.expected_path = page.records_path
+        report_type = page.query.type
+        if report_type not in self.shapes and page.records:
+            findings = inspect_shape(page, user_id_field=self.client.shape.user_id_field)
+            self.shapes[report_type] = findings
+            if findings.new_fields:
+                log.warning(
+                    "shape.new_fields",
+                    type=report_type,
+                    fields=list(findings.new_fields),
+                    note="kept (JSONL as is; tables in the extra column)",
+                )
+            if findings.missing_metrics:
+                log.warning(
+                    "shape.missing_metrics",
+                    type=report_type,
+                    metrics=list(findings.missing_metrics),
+                )
+
+    async def _finalize(self, plan: QueryPlan, send: MemoryObjectSendStream[Page]) -> None:
+        """Check a finished query for users lost or repeated by paging, repair, deliver it."""
+        plan.finalized = True
+        field = self.client.shape.user_id_field
+        repairs: list[Page] = []
+        try:
+            outcome = consolidate(plan, user_id_field=field)
+            while outcome.shortfall and plan.repair_rounds < self.repair_rounds:
+                plan.repair_rounds += 1
+                repairs.extend(await self._repair_read(plan, outcome.expected or 1))
+                outcome = consolidate(plan, user_id_field=field, extra=repairs)
+        except ShapeError as error:
+            self.stop(error)
+            return
+        except FetcherError as error:
+            log.error("query.repair_failed", query=plan.key, error=str(error))  # noqa: TRY400
+            outcome = consolidate(plan, user_id_field=field, extra=repairs)
+        plan.duplicates = outcome.duplicates
+        plan.shortfall = outcome.shortfall
+        plan.missing_users = outcome.missing_requested if outcome.shortfall else ()
+        if outcome.duplicates or plan.repair_rounds:
+            log.warning(
+                "query.consolidated",
+                query=plan.key,
+                duplicates_dropped=outcome.duplicates,
+                repair_rounds=plan.repair_rounds,
+                shortfall=outcome.shortfall,
+            )
+        pages = deliverable(plan, outcome, repairs)
+        plan.pages.clear()  # hand the memory back before the writer takes over
+        if pages:
+            pages[-1] = replace(pages[-1], last_of_query=True)
+        for page in pages:
+            await send.send(page)
+
+    async def _repair_read(self, plan: QueryPlan, expected: int) -> list[Page]:
+        """Read the whole query again in as few pages as the API allows.
+
+        One page of up to 1,000 rows is one consistent snapshot, so the users
+        that moved between the original pages are all in it.
+        """
+        spec = plan.spec.model_copy(update={"page_size": MAX_PAGE_SIZE})
+        pages = []
+        for number in range(1, max(1, -(-expected // MAX_PAGE_SIZE)) + 1):
+            page = await self.client.fetch_page(spec, number)
+            self.requests += page.attempts
+            self.retries += page.attempts - 1
+            self.repair_requests += page.attempts
+            plan.repair_pages += 1
+            pages.append(
+                replace(
+                    page,
+                    query=plan.spec,
+                    number=(plan.end or 0) + plan.repair_pages,
+                    repair=True,
+                )
+            )
+        return pages
 
     def snapshot(self) -> RunSnapshot:
         """The run's progress right now; cheap enough to poll a few times a second."""
@@ -400,7 +538,7 @@ class Paginator:
             pages_total=pages_total,
             records=sum(plan.records for plan in plans),
             requests=self.requests,
-            retries=max(self.requests - self.pages_ok - failed, 0),
+            retries=self.retries,
             failed_pages=failed,
             waiting_until=wall_until,
             interval_s=limiter.interval_s,
@@ -418,10 +556,24 @@ class Paginator:
         ]
         failed_queries = [plan.key for plan in plans if plan.query_failed]
         unfinished = [plan.key for plan in plans if not plan.finished]
+        incomplete = [
+            IncompleteQuery(
+                query=plan.key,
+                type=plan.spec.type,
+                window_start=format_api_datetime(plan.spec.start),
+                window_end=format_api_datetime(plan.spec.end),
+                expected_users=plan.total_items,
+                received_users=(plan.total_items or 0) - plan.shortfall,
+                missing_users=list(plan.missing_users[:100]),
+                repair_rounds=plan.repair_rounds,
+            )
+            for plan in plans
+            if plan.shortfall
+        ]
         stats = self.client.limiter.stats
         if self.fatal is not None:
             status: RunStatus = "failed"
-        elif failed_pages or failed_queries or unfinished:
+        elif failed_pages or failed_queries or unfinished or incomplete:
             status = "incomplete"
         else:
             status = "ok"
@@ -430,7 +582,7 @@ class Paginator:
             pages=self.pages_written,
             records=self.records_written,
             requests=self.requests,
-            retries=self.requests - self.pages_ok - len(failed_pages),
+            retries=self.retries,
             duration_s=time.monotonic() - self._started,
             queries=len(plans),
             failed_pages=failed_pages,
@@ -438,6 +590,16 @@ class Paginator:
             discarded_pages=sum(plan.discarded for plan in plans),
             resumed_pages=self.resumed_pages,
             resumed_records=self.resumed_records,
+            duplicates_dropped=sum(plan.duplicates for plan in plans),
+            repair_requests=self.repair_requests,
+            incomplete_queries=incomplete,
+            shape={
+                "records_path": self.expected_path,
+                "new_fields": sorted({f for s in self.shapes.values() for f in s.new_fields}),
+                "missing_metrics": {
+                    t: list(s.missing_metrics) for t, s in self.shapes.items() if s.missing_metrics
+                },
+            },
             rate_limit_refusals=stats.refusals,
             rate_limit_waits=stats.waits,
             rate_limit_wait_s=stats.waited_s,
@@ -457,14 +619,17 @@ class Paginator:
                     pages=len(plan.done),
                     records=plan.records,
                     failed_pages=sorted(plan.missing),
+                    duplicates_dropped=plan.duplicates,
+                    repair_rounds=plan.repair_rounds,
                 )
                 for plan in plans
             ],
         )
 
     def written(self, page: Page) -> None:
-        """Count a page the sink has written."""
-        self.pages_written += 1
+        """Count a page the sink has written (re-read pages count as requests, not pages)."""
+        if not page.repair:
+            self.pages_written += 1
         self.records_written += len(page.records)
 
 
@@ -545,6 +710,8 @@ async def export(
     checkpoint: Checkpointer | None = None,
     on_page: Callable[[Page], None] | None = None,
     watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    expected_path: str | None = None,
+    repair_rounds: int = 3,
     **client_options: Any,
 ) -> RunSummary:
     """Fetch every page of ``queries`` and write each into ``sink`` as it arrives.
@@ -563,6 +730,10 @@ async def export(
         on_page: called after the sink has written each page.
         watch: run alongside the export with its paginator (e.g. a progress
             display polling :meth:`Paginator.snapshot`); cancelled at the end.
+        expected_path: where the records must be (e.g. the last run's); a run
+            whose responses put them elsewhere stops with a ShapeError.
+        repair_rounds: how often a query whose users did not all arrive is
+            read again before it counts as incomplete.
         **client_options: arguments for :class:`~fetcher.client.Client`.
 
     Returns:
@@ -591,6 +762,8 @@ async def export(
             max_pages=max_pages,
             skip=checkpoint.done_pages() if checkpoint else None,
             known=checkpoint.known_ends() if checkpoint else None,
+            expected_path=expected_path or client.shape.records_path,
+            repair_rounds=repair_rounds,
         )
         if checkpoint is not None:
             paginator.resumed_pages = checkpoint.resumed_pages
@@ -648,7 +821,9 @@ async def _write(
         await sink.write(page)
         if checkpoint is not None:
             checkpoint.written(page)
-            if checkpoint.due():
+            # Only whole queries are checkpointed: a query is consolidated as a
+            # whole, so a resumed run must never hold half of one.
+            if page.last_of_query and checkpoint.due():
                 await checkpoint.commit(sink, plans)
     except FetcherError as exc:
         return exc

@@ -153,6 +153,8 @@ class ExportSettings(BaseSettings):
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_pages: int = Field(default=10_000, ge=1)
     records_path: str | None = None
+    user_id_field: str = Field(default="userId", min_length=1)
+    repair_rounds: int = Field(default=3, ge=0, le=20)
     # Where results go
     out: Path | None = None
     sink: SinkKind | None = None

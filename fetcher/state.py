@@ -131,6 +131,8 @@ class RunState:
         queries: durable progress per query key.
         sink: the sink's last checkpoint token.
         ledger: per job identity, the end of the last completed window (ISO 8601).
+        shape: what the last completed run's responses looked like (records path,
+            new fields): the next run is held to it.
     """
 
     path: Path
@@ -139,6 +141,7 @@ class RunState:
     queries: dict[str, QueryProgress] = field(default_factory=dict)
     sink: dict[str, Any] | None = None
     ledger: dict[str, str] = field(default_factory=dict)
+    shape: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     updated_at: str = ""
 
@@ -181,6 +184,7 @@ class RunState:
             },
             sink=run.get("sink"),
             ledger={str(k): str(v) for k, v in (data.get("ledger") or {}).items()},
+            shape=dict(data.get("shape") or {}),
             started_at=str(run.get("started_at", "")),
             updated_at=str(run.get("updated_at", "")),
         )
@@ -198,6 +202,7 @@ class RunState:
                 "queries": {key: q.to_json() for key, q in self.queries.items()},
             },
             "ledger": self.ledger,
+            "shape": self.shape,
         }
 
     def save(self) -> None:
@@ -310,6 +315,7 @@ class Checkpointer:
         print_ = fingerprint(specs, output)
         previous = RunState.load(path)
         ledger = previous.ledger if previous else {}
+        shape = previous.shape if previous and not fresh else {}
         if (
             previous is not None
             and not fresh
@@ -335,6 +341,7 @@ class Checkpointer:
             path=path,
             fingerprint=print_,
             ledger=dict(ledger),
+            shape=dict(shape),
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
         for spec in specs:
@@ -402,11 +409,25 @@ class Checkpointer:
         self._last = time.monotonic()
         self.commits += 1
 
-    async def finish(self, status: StateStatus, *, ledger: Mapping[str, str] | None = None) -> None:
-        """Record how the run ended (and, on success, the ledger's new position)."""
+    @property
+    def expected_records_path(self) -> str | None:
+        """Where the last completed run found the records, if it recorded that."""
+        path = self.state.shape.get("records_path")
+        return path if isinstance(path, str) else None
+
+    async def finish(
+        self,
+        status: StateStatus,
+        *,
+        ledger: Mapping[str, str] | None = None,
+        shape: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how the run ended (and, on success, the ledger's position and shape)."""
         self.state.status = status
         if ledger:
             self.state.ledger.update(ledger)
+        if shape:
+            self.state.shape = dict(shape)
         await anyio.to_thread.run_sync(self.state.save)
 
 

@@ -8,14 +8,10 @@ from fetcher.errors import SinkError
 from fetcher.models import Page
 from fetcher.sinks import JsonlSink, MemorySink, Sink
 from fetcher.sinks.jsonl import encode_page
-from fetcher.spec import QuerySpec
+from tests import tabular
+from tests.integration import read_jsonl
 
-SPEC = QuerySpec(
-    user_ids=("a", "b"),
-    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    end=dt.datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=dt.UTC),
-    type="email",
-)
+SPEC = tabular.day_query()
 FETCHED = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
@@ -95,3 +91,29 @@ async def test_unwritable_path_fails_on_enter(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="cannot write"):
         async with JsonlSink(blocker / "stats.jsonl"):
             pass
+
+
+async def test_resume_truncates_to_the_checkpoint_and_appends(tmp_path: Path) -> None:
+    """The token is the synced length; lines written after it are dropped on resume."""
+    out = tmp_path / "stats.jsonl"
+    token = await tabular.checkpoint_then_fail(
+        JsonlSink(out), page(1, [{"userId": "a"}]), page(2, [{"userId": "lost"}])
+    )
+    assert token == {"offset": len(encode_page(page(1, [{"userId": "a"}])))}
+    resumed = JsonlSink(out)
+    resumed.resume_from(token)
+    async with resumed:
+        await resumed.write(page(2, [{"userId": "b"}]))
+    assert [line["userId"] for line in read_jsonl(out)] == ["a", "b"]
+
+
+def test_resume_refuses_a_token_the_partial_file_cannot_honour(tmp_path: Path) -> None:
+    """No valid offset, no NAME.partial, or a shorter one: SinkError (the run starts over)."""
+    out = tmp_path / "stats.jsonl"
+    with pytest.raises(SinkError, match="has no valid offset"):
+        JsonlSink(out).resume_from({"offset": -1})
+    with pytest.raises(SinkError, match=r"stats\.jsonl\.partial is missing"):
+        JsonlSink(out).resume_from({"offset": 0})
+    (tmp_path / "stats.jsonl.partial").write_bytes(b"{}\n")
+    with pytest.raises(SinkError, match="has 3 bytes, the checkpoint 4"):
+        JsonlSink(out).resume_from({"offset": 4})

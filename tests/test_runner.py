@@ -118,16 +118,22 @@ async def test_sink_failure_stops_the_run_and_is_reported() -> None:
     """A sink error stops fetching; the sink exits as failed; the error is a SinkError."""
     api = FakeAPI(delay=0.005)
     sink = BrokenSink()
+    days = [
+        SPEC.model_copy(
+            update={"start": SPEC.start.replace(day=d), "end": SPEC.end.replace(day=d + 1)}
+        )
+        for d in range(1, 11)
+    ]
     with pytest.raises(SinkError, match="disk full") as info:
-        await export(SPEC, sink, client=client(api, concurrency=2))
+        await export(days, sink, client=client(api, concurrency=2))
     assert not sink.completed
     assert info.value.summary is not None
     assert info.value.summary.pages == 2
-    assert len(api.pages) < 10
+    assert len(api.pages) < 100  # ten queries of ten pages were not all fetched
 
 
 async def test_slow_sink_bounds_pages_in_memory() -> None:
-    """A slow sink holds at most queue_size + one per worker (+1 being written) pages."""
+    """A slow sink stalls the fetch: pages held stay within the queue plus the workers' queries."""
     api = FakeAPI()
     held_max = 0
 
@@ -139,10 +145,22 @@ async def test_slow_sink_bounds_pages_in_memory() -> None:
             await anyio.sleep(0.002)
             await super().write(page)
 
-    many = SPEC.model_copy(update={"page_size": 1})
-    summary = await export(many, SlowSink(), client=client(api, concurrency=4), queue_size=3)
-    assert summary.ok and summary.pages == 95
-    assert held_max <= 3 + 2 * 4 + 1
+    # 60 daily queries of 2 pages each (95 users, 50 per page).
+    days = [
+        SPEC.model_copy(
+            update={
+                "page_size": 50,
+                "start": SPEC.start + dt.timedelta(days=d),
+                "end": SPEC.end + dt.timedelta(days=d),
+            }
+        )
+        for d in range(60)
+    ]
+    summary = await export(days, SlowSink(), client=client(api, concurrency=4), queue_size=3)
+    assert summary.ok and summary.pages == 120
+    # The queue (3), the page being written (1), and per worker (8) a query being
+    # fetched and one waiting to be handed over (2 pages each): far below 120.
+    assert held_max <= 3 + 1 + 8 * 2 * 2
 
 
 async def test_export_rejects_client_and_client_options_together() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,29 +11,12 @@ import pytest
 
 from fetcher.errors import ConfigError, SinkError
 from fetcher.models import Page
-from fetcher.simulator import serve
 from fetcher.sinks import ResumableSink
 from fetcher.sinks._schema import COLUMNS
 from fetcher.sinks.duckdb import DuckDBSink
-from fetcher.spec import QuerySpec
-from tests.tabular import (
-    CLEAN,
-    FAILING,
-    PAGES_PER_QUERY,
-    TEAM_SIZE,
-    assert_same_table,
-    done_pages,
-    expected_table,
-    run_export,
-    slice_specs,
-)
+from tests import tabular
 
-SPEC = QuerySpec(
-    user_ids=("a", "b"),
-    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    end=dt.datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=dt.UTC),
-    type="prospect",
-)
+SPEC = tabular.day_query("prospect")
 
 
 def page(number: int, *records: dict[str, Any]) -> Page:
@@ -185,28 +167,21 @@ async def test_extra_is_json_in_the_table(tmp_path: Path) -> None:
 async def test_multi_slice_export_reads_back_exactly(tmp_path: Path) -> None:
     """3 windows x 2 types, 30 pages: every record once, every value as the API served it."""
     path = tmp_path / "stats.duckdb"
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, DuckDBSink(path, table="daily"))
-        expected = expected_table(sim, specs)
-    assert summary.ok and summary.pages == 6 * PAGES_PER_QUERY
-    assert len(expected) == 6 * TEAM_SIZE
-    assert_same_table(read_table(path, "daily"), expected)
+    run = await tabular.export_slices(tabular.CLEAN, DuckDBSink(path, table="daily"))
+    tabular.assert_complete(run)
+    tabular.assert_same_table(read_table(path, "daily"), run.expected)
 
 
 async def test_rerun_replaces_rows_and_never_duplicates(tmp_path: Path) -> None:
     """The same export twice: same row count, rows replaced (later fetched_at)."""
     path = tmp_path / "stats.duckdb"
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        await run_export(sim, specs, DuckDBSink(path))
-        first = {r["user_id"] + r["type"] + str(r["window_start"]): r for r in read_table(path)}
-        summary = await run_export(sim, specs, DuckDBSink(path))
-        expected = expected_table(sim, specs)
-    assert summary.ok
+    await tabular.export_slices(tabular.CLEAN, DuckDBSink(path))
+    first = {r["user_id"] + r["type"] + str(r["window_start"]): r for r in read_table(path)}
+    rerun = await tabular.export_slices(tabular.CLEAN, DuckDBSink(path))
+    tabular.assert_complete(rerun)
     again = read_table(path)
-    assert len(again) == len(first) == 6 * TEAM_SIZE
-    assert_same_table(again, expected)
+    assert len(again) == len(first)
+    tabular.assert_same_table(again, rerun.expected)
     for row in again:
         before = first[row["user_id"] + row["type"] + str(row["window_start"])]
         assert row["fetched_at"] > before["fetched_at"]
@@ -215,31 +190,19 @@ async def test_rerun_replaces_rows_and_never_duplicates(tmp_path: Path) -> None:
 async def test_incomplete_run_then_rerun_leaves_no_duplicates(tmp_path: Path) -> None:
     """A run missing page 3 of each query keeps its pages; a clean re-run completes them once."""
     path = tmp_path / "stats.duckdb"
-    async with serve(FAILING) as sim:
-        summary = await run_export(sim, slice_specs(sim), DuckDBSink(path))
-    assert summary.status == "incomplete"
-    assert len(read_table(path)) == 6 * (TEAM_SIZE - 10)  # committed per page
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, DuckDBSink(path))
-        expected = expected_table(sim, specs)
-    assert summary.ok
-    assert_same_table(read_table(path), expected)
+    tabular.assert_page_3_lost(await tabular.export_slices(tabular.FAILING, DuckDBSink(path)))
+    assert len(read_table(path)) == tabular.ROWS_WITHOUT_PAGE_3  # committed per page
+    rerun = await tabular.export_slices(tabular.CLEAN, DuckDBSink(path))
+    tabular.assert_complete(rerun)
+    tabular.assert_same_table(read_table(path), rerun.expected)
 
 
 async def test_resumed_run_fetches_only_what_is_missing(tmp_path: Path) -> None:
     """A checkpointed run missing pages, resumed: only those are fetched; no duplicates."""
     path = tmp_path / "stats.duckdb"
     state = tmp_path / "stats.state.json"
-    async with serve(FAILING) as sim:
-        first = await run_export(sim, slice_specs(sim), DuckDBSink(path), state=state, output="db")
-    assert first.status == "incomplete"
-    assert done_pages(state) == 6 * (PAGES_PER_QUERY - 1)
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        second = await run_export(sim, specs, DuckDBSink(path), state=state, output="db")
-        requests = sim.stats.requests
-        expected = expected_table(sim, specs)
-    assert second.ok and second.resumed_pages == 6 * (PAGES_PER_QUERY - 1)
-    assert requests == 6
-    assert_same_table(read_table(path), expected)
+    first = await tabular.export_slices(tabular.FAILING, DuckDBSink(path), state=state, output="db")
+    tabular.assert_page_3_lost(first, state)
+    second = await tabular.export_slices(tabular.CLEAN, DuckDBSink(path), state=state, output="db")
+    tabular.assert_resumed(second)
+    tabular.assert_same_table(read_table(path), second.expected)

@@ -14,31 +14,13 @@ import pytest
 
 from fetcher.errors import ConfigError, SinkError
 from fetcher.models import Page
-from fetcher.simulator import serve
 from fetcher.sinks import ResumableSink
 from fetcher.sinks._schema import COLUMN_KINDS, COLUMNS, KEY_COLUMNS, SCHEMA_ID
 from fetcher.sinks.csv import CsvSink, encode_header, encode_page
 from fetcher.sinks.parquet import ParquetSink
-from fetcher.spec import QuerySpec
-from tests.tabular import (
-    CLEAN,
-    FAILING,
-    PAGES_PER_QUERY,
-    TEAM_SIZE,
-    assert_same_table,
-    done_pages,
-    expected_table,
-    run_export,
-    slice_specs,
-)
+from tests import tabular
 
-SPEC = QuerySpec(
-    user_ids=("a", "b"),
-    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    end=dt.datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=dt.UTC),
-    type="email",
-)
-FETCHED = dt.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+SPEC = tabular.day_query()
 
 
 def page(number: int, *users: str) -> Page:
@@ -46,7 +28,7 @@ def page(number: int, *users: str) -> Page:
         {"userId": u, "firstName": "F", "lastName": "L", "email": f"{u}@x", "emailSent": 7}
         for u in users
     ]
-    return Page(SPEC, number, records, fetched_at=FETCHED)
+    return Page(SPEC, number, records, fetched_at=tabular.FETCHED)
 
 
 # --- reading back with each format's own tool -------------------------------------------------
@@ -137,12 +119,7 @@ async def test_csv_resume_truncates_to_the_checkpoint_without_a_second_header(
 ) -> None:
     """Rows after the checkpoint are dropped; the resumed run appends, header once."""
     out = tmp_path / "stats.csv"
-    with pytest.raises(RuntimeError):
-        async with CsvSink(out) as sink:
-            await sink.write(page(1, "a"))
-            token = await sink.checkpoint()
-            await sink.write(page(2, "lost"))
-            raise RuntimeError("killed")
+    token = await tabular.checkpoint_then_fail(CsvSink(out), page(1, "a"), page(2, "lost"))
     assert token == {"offset": token["offset"], "schema": SCHEMA_ID}
     resumed = CsvSink(out)
     resumed.resume_from(token)
@@ -165,7 +142,7 @@ def test_csv_resume_refuses_a_shorter_file_or_other_columns(tmp_path: Path) -> N
 
 async def test_csv_record_without_user_id_stops_the_write(tmp_path: Path) -> None:
     """A record that cannot be keyed is a SinkError naming the page; nothing of it is written."""
-    bad = Page(SPEC, 4, [{"userId": "a"}, {"emailSent": 1}], fetched_at=FETCHED)
+    bad = Page(SPEC, 4, [{"userId": "a"}, {"emailSent": 1}], fetched_at=tabular.FETCHED)
     async with CsvSink(tmp_path / "x.csv") as sink:
         with pytest.raises(SinkError, match="page 4 of query"):
             await sink.write(bad)
@@ -227,12 +204,8 @@ async def test_parquet_failed_run_keeps_the_spool_and_no_file(tmp_path: Path) ->
 async def test_parquet_resume_drops_batches_after_the_checkpoint(tmp_path: Path) -> None:
     """Resuming truncates the spool to the checkpoint, then appends; the file has each row once."""
     out = tmp_path / "stats.parquet"
-    with pytest.raises(RuntimeError):
-        async with ParquetSink(out) as sink:
-            await sink.write(page(1, "a"))
-            token = await sink.checkpoint()
-            await sink.write(page(2, "lost"))
-            raise RuntimeError("killed")
+    sink = ParquetSink(out)
+    token = await tabular.checkpoint_then_fail(sink, page(1, "a"), page(2, "lost"))
     with sink.spool.open("ab") as torn:
         torn.write(b"\xff\xff\xff\xff\x10half a message")  # a write cut short by the kill
     resumed = ParquetSink(out)
@@ -273,13 +246,9 @@ async def test_multi_slice_export_reads_back_exactly(tmp_path: Path, kind: str) 
     """3 windows x 2 types, 30 pages: every record once, every value as the API served it."""
     make, read = SINKS[kind]
     out = tmp_path / f"stats.{kind}"
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, make(out))
-        expected = expected_table(sim, specs)
-    assert summary.ok and summary.pages == 6 * PAGES_PER_QUERY
-    assert len(expected) == 6 * TEAM_SIZE
-    assert_same_table(read(out), expected)
+    run = await tabular.export_slices(tabular.CLEAN, make(out))
+    tabular.assert_complete(run)
+    tabular.assert_same_table(read(out), run.expected)
     assert not out.with_name(out.name + ".partial").exists()
 
 
@@ -290,16 +259,11 @@ async def test_incomplete_run_leaves_no_file_and_a_rerun_completes(
     """Pages missing: no NAME; the same export run again writes every record once."""
     make, read = SINKS[kind]
     out = tmp_path / f"stats.{kind}"
-    async with serve(FAILING) as sim:
-        summary = await run_export(sim, slice_specs(sim), make(out))
-    assert summary.status == "incomplete"
+    tabular.assert_page_3_lost(await tabular.export_slices(tabular.FAILING, make(out)))
     assert not out.exists()
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, make(out))
-        expected = expected_table(sim, specs)
-    assert summary.ok
-    assert_same_table(read(out), expected)
+    rerun = await tabular.export_slices(tabular.CLEAN, make(out))
+    tabular.assert_complete(rerun)
+    tabular.assert_same_table(read(out), rerun.expected)
 
 
 @pytest.mark.parametrize("kind", SINKS)
@@ -308,25 +272,19 @@ async def test_resumed_run_fetches_only_what_is_missing(tmp_path: Path, kind: st
     make, read = SINKS[kind]
     out = tmp_path / f"stats.{kind}"
     state = tmp_path / "stats.state.json"
-    async with serve(FAILING) as sim:
-        first = await run_export(sim, slice_specs(sim), make(out), state=state, output=str(out))
-    assert first.status == "incomplete" and not out.exists()
-    assert done_pages(state) == 6 * (PAGES_PER_QUERY - 1)
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        second = await run_export(sim, specs, make(out), state=state, output=str(out))
-        requests = sim.stats.requests
-        expected = expected_table(sim, specs)
-    assert second.ok and second.resumed_pages == 6 * (PAGES_PER_QUERY - 1)
-    assert requests == 6  # page 3 of each query, nothing else
-    assert_same_table(read(out), expected)
+    first = await tabular.export_slices(tabular.FAILING, make(out), state=state, output=str(out))
+    tabular.assert_page_3_lost(first, state)
+    assert not out.exists()
+    second = await tabular.export_slices(tabular.CLEAN, make(out), state=state, output=str(out))
+    tabular.assert_resumed(second)
+    tabular.assert_same_table(read(out), second.expected)
 
 
 async def test_parquet_value_out_of_range_is_a_sink_error_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
     """A count beyond int64 fails the page with a SinkError naming it; the spool is unchanged."""
-    bad = Page(SPEC, 2, [{"userId": "a", "emailSent": 2**70}], fetched_at=FETCHED)
+    bad = Page(SPEC, 2, [{"userId": "a", "emailSent": 2**70}], fetched_at=tabular.FETCHED)
     async with ParquetSink(tmp_path / "x.parquet") as sink:
         await sink.write(page(1, "a"))
         size = sink.spool.stat().st_size

@@ -7,7 +7,6 @@ are skipped with the reason, except under ``CI=true``, where they fail (see
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,29 +23,13 @@ from fetcher.simulator import serve
 from fetcher.sinks import ResumableSink
 from fetcher.sinks._schema import COLUMNS
 from fetcher.sinks.postgres import PostgresSink, describe_dsn, dsn_secrets, redact
-from fetcher.spec import QuerySpec
+from tests import tabular
 from tests.pg import require_postgres, server_dsn, unique_table
-from tests.tabular import (
-    CLEAN,
-    FAILING,
-    PAGES_PER_QUERY,
-    TEAM_SIZE,
-    assert_same_table,
-    done_pages,
-    expected_table,
-    run_export,
-    slice_specs,
-)
 
 #: Nothing listens on port 9 (discard) on the test machines: connections are refused.
 UNREACHABLE = "postgresql://postgres:hunter2-secret@127.0.0.1:9/test"
 
-SPEC = QuerySpec(
-    user_ids=("a", "b"),
-    start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    end=dt.datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=dt.UTC),
-    type="email",
-)
+SPEC = tabular.day_query()
 
 
 def page(number: int, *records: dict[str, Any]) -> Page:
@@ -246,30 +229,22 @@ async def test_upsert_replaces_rows_and_extra_is_jsonb(pg_dsn: str, pg_table: st
 
 async def test_multi_slice_export_reads_back_exactly(pg_dsn: str, pg_table: str) -> None:
     """3 windows x 2 types, 30 pages: every record once, every value as the API served it."""
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, PostgresSink(pg_dsn, pg_table))
-        expected = expected_table(sim, specs)
-    assert summary.ok and summary.pages == 6 * PAGES_PER_QUERY
-    assert len(expected) == 6 * TEAM_SIZE
-    assert_same_table(await read_table(pg_dsn, pg_table), expected)
+    run = await tabular.export_slices(tabular.CLEAN, PostgresSink(pg_dsn, pg_table))
+    tabular.assert_complete(run)
+    tabular.assert_same_table(await read_table(pg_dsn, pg_table), run.expected)
 
 
 async def test_rerun_replaces_rows_and_never_duplicates(pg_dsn: str, pg_table: str) -> None:
     """The same export twice: same row count, rows replaced (later fetched_at)."""
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        await run_export(sim, specs, PostgresSink(pg_dsn, pg_table))
-        first = {
-            (r["user_id"], r["type"], r["window_start"]): r
-            for r in await read_table(pg_dsn, pg_table)
-        }
-        summary = await run_export(sim, specs, PostgresSink(pg_dsn, pg_table))
-        expected = expected_table(sim, specs)
-    assert summary.ok
+    await tabular.export_slices(tabular.CLEAN, PostgresSink(pg_dsn, pg_table))
+    first = {
+        (r["user_id"], r["type"], r["window_start"]): r for r in await read_table(pg_dsn, pg_table)
+    }
+    rerun = await tabular.export_slices(tabular.CLEAN, PostgresSink(pg_dsn, pg_table))
+    tabular.assert_complete(rerun)
     again = await read_table(pg_dsn, pg_table)
-    assert len(again) == len(first) == 6 * TEAM_SIZE
-    assert_same_table(again, expected)
+    assert len(again) == len(first)
+    tabular.assert_same_table(again, rerun.expected)
     for row in again:
         before = first[row["user_id"], row["type"], row["window_start"]]
         assert row["fetched_at"] > before["fetched_at"]
@@ -277,16 +252,12 @@ async def test_rerun_replaces_rows_and_never_duplicates(pg_dsn: str, pg_table: s
 
 async def test_incomplete_run_then_rerun_leaves_no_duplicates(pg_dsn: str, pg_table: str) -> None:
     """A run missing page 3 of each query keeps its pages; a clean re-run completes them once."""
-    async with serve(FAILING) as sim:
-        summary = await run_export(sim, slice_specs(sim), PostgresSink(pg_dsn, pg_table))
-    assert summary.status == "incomplete"
-    assert len(await read_table(pg_dsn, pg_table)) == 6 * (TEAM_SIZE - 10)
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        summary = await run_export(sim, specs, PostgresSink(pg_dsn, pg_table))
-        expected = expected_table(sim, specs)
-    assert summary.ok
-    assert_same_table(await read_table(pg_dsn, pg_table), expected)
+    failed = await tabular.export_slices(tabular.FAILING, PostgresSink(pg_dsn, pg_table))
+    tabular.assert_page_3_lost(failed)
+    assert len(await read_table(pg_dsn, pg_table)) == tabular.ROWS_WITHOUT_PAGE_3
+    rerun = await tabular.export_slices(tabular.CLEAN, PostgresSink(pg_dsn, pg_table))
+    tabular.assert_complete(rerun)
+    tabular.assert_same_table(await read_table(pg_dsn, pg_table), rerun.expected)
 
 
 async def test_resumed_run_fetches_only_what_is_missing(
@@ -295,20 +266,13 @@ async def test_resumed_run_fetches_only_what_is_missing(
     """A checkpointed run missing pages, resumed: only those are fetched; no duplicates."""
     state = tmp_path / "pg.state.json"
     output = f"postgres:{pg_table}"
-    async with serve(FAILING) as sim:
-        sink = PostgresSink(pg_dsn, pg_table)
-        first = await run_export(sim, slice_specs(sim), sink, state=state, output=output)
-    assert first.status == "incomplete"
-    assert done_pages(state) == 6 * (PAGES_PER_QUERY - 1)
-    async with serve(CLEAN) as sim:
-        specs = slice_specs(sim)
-        sink = PostgresSink(pg_dsn, pg_table)
-        second = await run_export(sim, specs, sink, state=state, output=output)
-        requests = sim.stats.requests
-        expected = expected_table(sim, specs)
-    assert second.ok and second.resumed_pages == 6 * (PAGES_PER_QUERY - 1)
-    assert requests == 6
-    assert_same_table(await read_table(pg_dsn, pg_table), expected)
+    sink = PostgresSink(pg_dsn, pg_table)
+    first = await tabular.export_slices(tabular.FAILING, sink, state=state, output=output)
+    tabular.assert_page_3_lost(first, state)
+    sink = PostgresSink(pg_dsn, pg_table)
+    second = await tabular.export_slices(tabular.CLEAN, sink, state=state, output=output)
+    tabular.assert_resumed(second)
+    tabular.assert_same_table(await read_table(pg_dsn, pg_table), second.expected)
 
 
 async def test_password_never_reaches_the_logs(pg_dsn: str, pg_table: str) -> None:
@@ -317,8 +281,8 @@ async def test_password_never_reaches_the_logs(pg_dsn: str, pg_table: str) -> No
     assert "pw-never-logged" in with_password  # trust auth ignores it
     sink = PostgresSink(with_password, pg_table)
     with capture_logs() as events:
-        async with serve(CLEAN) as sim:
-            summary = await run_export(sim, slice_specs(sim)[:1], sink)
+        async with serve(tabular.CLEAN) as sim:
+            summary = await tabular.run_export(sim, tabular.slice_specs(sim)[:1], sink)
     assert summary.ok
     assert "pw-never-logged" not in repr(events) + repr(summary.to_dict()) + repr(sink)
     complete = [e for e in events if e["event"] == "output.complete"]

@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fail-page", type=int, action="append", default=[], help="page that always answers 500"
     )
+    parser.add_argument(
+        "--drift", type=float, default=0.0, help="counts grow while a query is paged (0)"
+    )
+    parser.add_argument(
+        "--hidden-user", action="append", default=[], help="counted in totals, never served"
+    )
+    parser.add_argument(
+        "--drop-field", action="append", default=[], help="leave this field out of every row"
+    )
+    parser.add_argument(
+        "--extra-field", action="append", default=[], help="add this count field to every row"
+    )
     parser.add_argument("--write-users", type=Path, help="write the team's user ids, one per line")
     return parser
 
@@ -96,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_kinds=tuple(kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()),
             stall_s=args.stall_s,
             fail_pages=frozenset(args.fail_page),
+            drift=args.drift,
+            hidden_users=frozenset(args.hidden_user),
+            drop_fields=frozenset(args.drop_field),
+            extra_fields=tuple(args.extra_field),
         )
     except ValidationError as exc:
         parser.error(str(exc))

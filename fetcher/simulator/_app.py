@@ -123,7 +123,16 @@ class _Simulator:
         self.config = config
         self.team = build_team(config.seed, config.team_size)
         self.stats = SimulatorStats()
-        self.engine = ReportEngine(config.seed, self.team, string_counts=config.string_counts)
+        self.engine = ReportEngine(
+            config.seed,
+            self.team,
+            string_counts=config.string_counts,
+            hidden_users=config.hidden_users,
+            drop_fields=config.drop_fields,
+            extra_fields=config.extra_fields,
+        )
+        # Requests served per query, the clock of the drift switch.
+        self._query_ticks: Counter[str] = Counter()
         self.limiter = (
             FixedWindowLimiter(config.rate_limit, config.rate_window_s)
             if config.rate_limit is not None
@@ -154,6 +163,7 @@ class _Simulator:
         """Zero the stats, the fault attempt counters and the rate-limit windows."""
         self.stats.reset()
         self._served.clear()
+        self._query_ticks.clear()
         if self.limiter is not None:
             self.limiter.reset()
 
@@ -255,7 +265,13 @@ class _Simulator:
         attempt = self._served[(trace.query, page)]
         self._served[(trace.query, page)] = attempt + 1
         fault = choose_fault(self.config, trace.query, page, attempt)
-        page_body = self._render(query, page, self.engine.result(query))
+        if self.config.drift > 0:
+            tick = self._query_ticks[trace.query]
+            self._query_ticks[trace.query] = tick + 1
+            result = self.engine.drifted(query, self.config.drift, tick)
+        else:
+            result = self.engine.result(query)
+        page_body = self._render(query, page, result)
         if fault is None:
             return _Reply(200, page_body, headers=headers)
         self.stats.fault_injected(fault)
@@ -294,7 +310,7 @@ class _Simulator:
                 return _Reply(200, page_body, headers=headers)
 
     def _render(self, query: Query, page: int, result: Result) -> bytes:
-        total = len(result.encoded)
+        total = len(result.encoded) + result.hidden
         limit = query.limit
         first = (page - 1) * limit
         encoded = result.encoded[first : first + limit]

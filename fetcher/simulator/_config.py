@@ -60,6 +60,15 @@ class SimulatorConfig(BaseModel):
         fault_kinds: the faults drawn from, uniformly.
         stall_s: how long a ``"stall"`` fault holds the answer back.
         fail_pages: page numbers that always answer HTTP 500, whatever ``fault_rate`` says.
+        drift: how fast counts grow while a query is being paged: before each answer,
+            every count of a user grows by ``drift * n * r`` (``n`` requests served for
+            the query so far, ``r`` in [0, 1) drawn per user), so users climb past
+            each other and the sort order changes mid-run, as live data does.
+        hidden_users: user ids that are counted in ``totalItems`` but never appear on
+            any page (a user the API "loses"); the last page comes up short.
+        drop_fields: record fields left out of every row (e.g. ``userId``, or a metric
+            that "vanished").
+        extra_fields: fields added to every row with a count (a metric the API added).
 
     Raises:
         pydantic.ValidationError: naming the field that is wrong.
@@ -83,3 +92,7 @@ class SimulatorConfig(BaseModel):
     fault_kinds: tuple[FaultKind, ...] = Field(default=FAULT_KINDS, min_length=1)
     stall_s: float = Field(default=30.0, ge=0)
     fail_pages: frozenset[int] = frozenset()
+    drift: float = Field(default=0.0, ge=0.0)
+    hidden_users: frozenset[str] = frozenset()
+    drop_fields: frozenset[str] = frozenset()
+    extra_fields: tuple[str, ...] = ()

@@ -118,10 +118,12 @@ class Result:
     Attributes:
         rows: rows with integer counts, in served order (never mutate: shared by pages).
         encoded: each row as served on the wire (counts as strings if so configured).
+        hidden: matched users left out of ``rows`` but counted in the total.
     """
 
     rows: tuple[dict[str, Any], ...]
     encoded: tuple[bytes, ...]
+    hidden: int = 0
 
 
 class ReportEngine:
@@ -133,6 +135,9 @@ class ReportEngine:
         string_counts: encode counts as JSON strings.
         cache_rows: how many rows (summed over queries) the cache keeps; the least
             recently used queries are dropped beyond it (about 2 KB per row).
+        hidden_users: counted in the total, never served.
+        drop_fields: left out of every row.
+        extra_fields: added to every row with a count.
     """
 
     def __init__(
@@ -142,9 +147,15 @@ class ReportEngine:
         *,
         string_counts: bool = False,
         cache_rows: int = 100_000,
+        hidden_users: frozenset[str] = frozenset(),
+        drop_fields: frozenset[str] = frozenset(),
+        extra_fields: tuple[str, ...] = (),
     ) -> None:
         self._seed = seed
         self._members = {member.user_id: member for member in team}
+        self._hidden = hidden_users
+        self._drop = drop_fields
+        self._extra = extra_fields
         self._string_counts = string_counts
         self._cache_rows = cache_rows
         self._cached_rows = 0
@@ -211,9 +222,25 @@ class ReportEngine:
             window[metric] = at_end[-1] - at_start[-1]
         return {metric: window[metric] for metric in METRICS_BY_TYPE[query.type]}
 
+    def drifted(self, query: Query, drift: float, served: int) -> Result:
+        """The query's rows after ``served`` requests of growth (not cached: it moves).
+
+        Every count of a user grows by ``floor(drift * served * r)``, ``r`` a per-user
+        draw in [0, 1), so fast growers overtake slow ones between two pages.
+        """
+        base = self.result(query)
+        rows = []
+        for row in base.rows:
+            grow = math.floor(drift * served * stable_unit(self._seed, row["userId"], "drift"))
+            rows.append(
+                {k: (v + grow if k in METRICS_BY_TYPE[query.type] else v) for k, v in row.items()}
+            )
+        return self._finish(query, rows, base.hidden)
+
     def _compute(self, query: Query) -> Result:
         # Unknown ids are ignored and duplicates collapse, as an SQL `IN (...)` filter would.
         matched = [self._members[u] for u in dict.fromkeys(query.user_ids) if u in self._members]
+        hidden = sum(1 for member in matched if member.user_id in self._hidden)
         rows: list[dict[str, Any]] = [
             {
                 "userId": member.user_id,
@@ -221,21 +248,33 @@ class ReportEngine:
                 "lastName": member.last_name,
                 "email": member.email,
                 **self.counts(member.user_id, query),
+                **{name: self._extra_count(member.user_id, name) for name in self._extra},
             }
             for member in matched
+            if member.user_id not in self._hidden
         ]
+        return self._finish(query, rows, hidden)
+
+    def _extra_count(self, user_id: str, name: str) -> int:
+        return math.floor(20 * stable_unit(self._seed, user_id, name))
+
+    def _finish(self, query: Query, rows: list[dict[str, Any]], hidden: int) -> Result:
         field = query.order_by
         # Ties break by userId ascending in both directions, so pages never overlap.
         if query.sort_order == "desc":
             rows.sort(key=lambda row: (-row[field], row["userId"]))
         else:
             rows.sort(key=lambda row: (row[field], row["userId"]))
-        metrics = METRICS_BY_TYPE[query.type]
+        if self._drop:
+            served = [{k: v for k, v in row.items() if k not in self._drop} for row in rows]
+        else:
+            served = rows
+        counted = set(METRICS_BY_TYPE[query.type]) | set(self._extra)
         if self._string_counts:
             encoded = tuple(
-                orjson.dumps({k: str(v) if k in metrics else v for k, v in row.items()})
-                for row in rows
+                orjson.dumps({k: str(v) if k in counted else v for k, v in row.items()})
+                for row in served
             )
         else:
-            encoded = tuple(orjson.dumps(row) for row in rows)
-        return Result(rows=tuple(rows), encoded=encoded)
+            encoded = tuple(orjson.dumps(row) for row in served)
+        return Result(rows=tuple(served), encoded=encoded, hidden=hidden)

@@ -12,7 +12,9 @@ replaced when a new run starts.
 Resume: :meth:`JsonlSink.checkpoint` syncs the file and returns its length;
 given that token, :meth:`JsonlSink.resume_from` makes the next run truncate
 ``NAME.partial`` to it (dropping lines written after the checkpoint, which
-will be fetched again) and append from there.
+will be fetched again) and append from there. The file handling is
+:class:`fetcher.sinks._common.AppendOnlyFile`, which the CSV and Parquet sinks
+share.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 import orjson
 import structlog
 
-from fetcher.sinks._common import AppendOnlyFile, partial_path, provenance
+from fetcher.sinks._common import AppendOnlyFile, partial_path, provenance, writing
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -85,7 +87,8 @@ class JsonlSink:
 
     async def write(self, page: Page) -> None:
         """Append the page's records and flush them to the operating system."""
-        await self._file.write(encode_page(page))
+        with writing(self.partial, page.ref):
+            await self._file.write(encode_page(page))
         self.records += len(page.records)
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
