@@ -330,13 +330,7 @@ def inspect_shape(page: Page, *, user_id_field: str = "userId") -> ShapeFindings
     seen: dict[str, None] = {}
     for record in page.records:
         if user_id_field not in record:
-            raise ShapeError(
-                f"a record has no {user_id_field!r} field, so rows cannot be keyed; it has "
-                f"[{', '.join(list(map(str, record))[:12])}]. Set --user-id-field if the API "
-                "renamed it",
-                page=page.ref,
-                found=", ".join(map(str, record)),
-            )
+            raise missing_user_id(record, user_id_field, page.ref)
         seen.update(dict.fromkeys(record))
     new = tuple(name for name in seen if name not in known)
     missing = tuple(m for m in page.query.metrics if m not in seen) if page.records else ()
@@ -349,9 +343,15 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
-def record_user_id(record: Mapping[str, Any], shape: ResponseShape) -> Any:
-    """The user id of a record, or ``None`` when the field is missing."""
-    return record.get(shape.user_id_field)
+def missing_user_id(record: Mapping[str, Any], field: str, ref: PageRef) -> ShapeError:
+    """The error for a record without its user id field: rows could not be keyed."""
+    return ShapeError(
+        f"a record has no {field!r} field, so rows cannot be keyed; it has "
+        f"[{', '.join(list(map(str, record))[:12])}]. Set --user-id-field if the API "
+        "renamed it",
+        page=ref,
+        found=", ".join(map(str, record)),
+    )
 
 
 #: Fields that have been seen, or are likely, to hold a team member's id.

@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from fetcher.errors import FetcherError, ResponseError, ShapeError
+from fetcher.errors import FetcherError, ResponseError
+from fetcher.models import missing_user_id
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -251,13 +252,7 @@ def consolidate(
         for record in page.records:
             user = record.get(user_id_field)
             if user is None:
-                raise ShapeError(
-                    f"a record has no {user_id_field!r} field, so rows cannot be keyed; it has "
-                    f"[{', '.join(map(str, list(record)[:12]))}]. Set --user-id-field if the "
-                    "API renamed it",
-                    page=page.ref,
-                    found=", ".join(map(str, record)),
-                )
+                raise missing_user_id(record, user_id_field, page.ref)
             winners[user] = (page.number, record)
             rows += 1
     duplicates = rows - len(winners)
