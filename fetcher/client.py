@@ -17,7 +17,9 @@ quoted in an error.
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -47,7 +49,13 @@ from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_te
 from fetcher.retry import RetryPolicy, parse_retry_after
 from fetcher.spec import QuerySpec
 from fetcher.timeouts import AdaptiveTimeout
-from fetcher.transport import AiohttpTransport, Request, Response, Transport
+from fetcher.transport import (
+    DEFAULT_MAX_BODY_BYTES,
+    AiohttpTransport,
+    Request,
+    Response,
+    Transport,
+)
 
 if TYPE_CHECKING:
     from fetcher.runner import PageStream
@@ -97,6 +105,9 @@ class Client:
         shape: where the records are in a response; detected by default.
         transport: how requests are sent; aiohttp by default.
         limiter: share one limiter between clients; built from the above by default.
+        ca_bundle: a CA certificate file to trust (a private CA); certificates
+            are always verified.
+        max_body_bytes: a larger response body is refused, not buffered.
 
     Raises:
         ConfigError: for a missing key or a malformed setting.
@@ -114,6 +125,8 @@ class Client:
         shape: ResponseShape | None = None,
         transport: Transport | None = None,
         limiter: Limiter | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         if not key or not key.strip():
@@ -132,10 +145,15 @@ class Client:
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
         self.shape = shape or ResponseShape()
-        self.limiter = limiter or Limiter(rate=rate_limit, max_in_flight=concurrency)
+        self.limiter = limiter or Limiter(
+            rate=rate_limit, max_in_flight=concurrency, max_pause_s=self.retry.max_retry_after_s
+        )
         self.timeouts = AdaptiveTimeout(timeout)
         self._transport: Transport = transport or AiohttpTransport(
-            timeout=timeout, max_connections=max(concurrency, 1) * 2
+            timeout=timeout,
+            max_connections=max(concurrency, 1) * 2,
+            max_body_bytes=max_body_bytes,
+            ssl_context=_tls_context(ca_bundle),
         )
         self._rng = random.Random()  # noqa: S311  (backoff jitter)
         self._task_group: TaskGroup | None = None
@@ -258,6 +276,18 @@ class Client:
                         raise
         except FetcherError as exc:
             exc.attempts = attempts
+            if isinstance(exc, APIError) and self.retry.asks_too_long(exc):
+                too_long = type(exc)(
+                    f"{exc.message}; the server asked to wait {exc.retry_after:,.0f} s "
+                    f"(Retry-After), more than max_retry_after_s ({self.retry.max_retry_after_s:g}"
+                    " s): giving up on this page instead of waiting",
+                    status=exc.status,
+                    page=exc.page,
+                    retry_after=exc.retry_after,
+                    body=exc.body,
+                )
+                too_long.attempts = attempts
+                raise too_long from exc
             raise
         return replace(page, attempts=attempts, elapsed_s=time.monotonic() - started)
 
@@ -344,6 +374,16 @@ class Client:
         specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
         paginator = Paginator(self, specs)
         return PageStream.start(self._task_group, paginator, buffer=self.concurrency * 2)
+
+
+def _tls_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """Verification stays on; with a CA bundle, trust exactly the certificates in it."""
+    if ca_bundle is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use CA bundle {ca_bundle}: {exc}", field="ca_bundle") from None
 
 
 def _is_auth_body(content: bytes, lowered_message: str) -> bool:

@@ -113,7 +113,11 @@ async def run_job(
                 concurrency=settings.concurrency,
                 rate_limit=settings.rate,
                 timeout=settings.timeout,
-                retry=RetryPolicy(attempts=settings.max_attempts),
+                retry=RetryPolicy(
+                    attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after
+                ),
+                ca_bundle=settings.ca_bundle,
+                max_body_bytes=settings.max_body_bytes,
                 shape=ResponseShape(
                     records_path=settings.records_path, user_id_field=settings.user_id_field
                 ),

@@ -176,6 +176,8 @@ class Limiter:
         adaptive: follow rate-limit headers and slow down after refusals.
         margin_s: extra wait after a window's reset, for clock and rounding slack.
         default_pause_s: pause after a refusal that gave no ``Retry-After``.
+        max_pause_s: the longest pause a ``Retry-After`` can impose on every worker
+            (a hostile or broken value of years must not hang the run).
         recover_after: successful requests that speed the adaptive pace up one step.
         clock: monotonic seconds (injectable for tests).
         wall_clock: epoch seconds, to read epoch reset headers (injectable).
@@ -190,6 +192,7 @@ class Limiter:
         adaptive: bool = True,
         margin_s: float = 0.02,
         default_pause_s: float = 1.0,
+        max_pause_s: float = 300.0,
         recover_after: int = 20,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
@@ -202,6 +205,7 @@ class Limiter:
         self.adaptive = adaptive
         self._margin = margin_s
         self._default_pause = default_pause_s
+        self._max_pause = max_pause_s
         self._recover_after = recover_after
         self._clock = clock
         self._wall = wall_clock
@@ -273,6 +277,7 @@ class Limiter:
         pause = retry_after if retry_after is not None and retry_after > 0 else None
         if pause is None:
             pause = self._default_pause
+        pause = min(pause, self._max_pause)
         self._paused_until = max(self._paused_until, now + pause + self._margin)
         if not self.adaptive:
             return

@@ -55,6 +55,10 @@ IDENTITY_FIELDS: Final = frozenset(
 _INT_RE: Final = re.compile(r"-?\d{1,18}")
 _FLOAT_RE: Final = re.compile(r"-?\d+\.\d+")
 
+#: The longest string a record field may hold: names and ids are short; a
+#: megabyte string is a broken or hostile answer, refused rather than stored.
+MAX_FIELD_CHARS: Final = 65_536
+
 #: How deep the parser looks for the record list below the envelope.
 _MAX_DEPTH: Final = 3
 
@@ -198,13 +202,16 @@ def _coerce_number(value: str) -> Any:
     return value
 
 
-def normalise_records(records: list[Any], *, where: str, ref: PageRef) -> list[dict[str, Any]]:
+def normalise_records(
+    records: list[Any], *, where: str, ref: PageRef, max_chars: int = MAX_FIELD_CHARS
+) -> list[dict[str, Any]]:
     """Check every record is an object and coerce numeric strings to numbers in place.
 
     Identity fields (:data:`IDENTITY_FIELDS`) are left alone.
 
     Raises:
-        ShapeError: if an item of the list is not a JSON object.
+        ShapeError: if an item of the list is not a JSON object, or a string
+            field is longer than ``max_chars`` (a hostile or broken answer).
     """
     identity = IDENTITY_FIELDS
     for index, record in enumerate(records):
@@ -216,8 +223,16 @@ def normalise_records(records: list[Any], *, where: str, ref: PageRef) -> list[d
                 found=_describe(record),
             )
         for key, value in record.items():
-            if value.__class__ is str and key not in identity:
-                record[key] = _coerce_number(value)
+            if value.__class__ is str:
+                if len(value) > max_chars:
+                    raise ShapeError(
+                        f"field {key!r} of record {index} is {len(value):,} characters, more "
+                        f"than the {max_chars:,} a team-stats field can sensibly hold; refusing",
+                        page=ref,
+                        found=f"{key}: {len(value):,} characters",
+                    )
+                if key not in identity:
+                    record[key] = _coerce_number(value)
     return records
 
 

@@ -13,9 +13,10 @@ auth 400, validation 400s and other 4xx are not.
 
 How long to wait:
 
-1. a ``Retry-After`` the server sent wins (seconds or an HTTP date), capped
-   at ``max_retry_after_s``; a zero or negative one is ignored, so a server
-   that says "0" cannot make us hot-loop;
+1. a ``Retry-After`` the server sent wins (seconds or an HTTP date); one
+   longer than ``max_retry_after_s`` gives the page up at once (a server that
+   asks for years is not coming back in this run); a zero or negative one is
+   ignored, so a server that says "0" cannot make us hot-loop;
 2. otherwise exponential backoff with full jitter: a uniform random wait in
    ``[0, min(backoff_max_s, backoff_base_s * 2 ** (retry - 1))]``
    (AWS Architecture Blog, "Exponential Backoff and Jitter").
@@ -90,8 +91,8 @@ class RetryPolicy:
             this many seconds after its first try.
         backoff_base_s: the cap of the first backoff; doubles per retry.
         backoff_max_s: the largest backoff the formula produces.
-        max_retry_after_s: the longest ``Retry-After`` honoured; longer
-            requests are capped to it.
+        max_retry_after_s: the longest ``Retry-After`` waited for; a page asked
+            to wait longer gives up at once (see :meth:`asks_too_long`).
     """
 
     attempts: int = 6
@@ -117,6 +118,15 @@ class RetryPolicy:
         """Full-jitter exponential backoff before the ``retry``-th retry (1-based)."""
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** max(retry - 1, 0))
         return rng.uniform(0.0, ceiling)
+
+    def asks_too_long(self, exc: BaseException | None) -> bool:
+        """Whether ``exc`` carries a ``Retry-After`` longer than :attr:`max_retry_after_s`.
+
+        Such a page is given up at once rather than waited for: a server that
+        asks for hours (or years) is not coming back within this run.
+        """
+        retry_after = getattr(exc, "retry_after", None)
+        return isinstance(retry_after, int | float) and retry_after > self.max_retry_after_s
 
     def wait(self, retry: int, exc: BaseException | None, rng: random.Random) -> float:
         """Seconds to wait before the ``retry``-th retry after ``exc``.
@@ -154,6 +164,8 @@ class RetryPolicy:
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= self.attempts:
+                return True
+            if self.asks_too_long(state.outcome.exception() if state.outcome else None):
                 return True
             upcoming = state.upcoming_sleep or 0.0
             return clock() - started + upcoming > self.deadline_s

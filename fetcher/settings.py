@@ -17,15 +17,19 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import hashlib
+import ipaddress
 import os
 import re
+import stat
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
+import structlog
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -54,6 +58,8 @@ __all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", 
 
 API_KEY_ENV: Final = "SALESHANDY_API_KEY"
 ENV_PREFIX: Final = "FETCHER_"
+
+log = structlog.get_logger("fetcher.settings")
 
 _config_file: ContextVar[Path | None] = ContextVar("fetcher_config_file", default=None)
 
@@ -131,6 +137,8 @@ class ExportSettings(BaseSettings):
     # The API ("simulator" runs the built-in simulator in-process, see [simulator])
     base_url: str = DEFAULT_BASE_URL
     api_key_file: Path | None = None
+    allow_insecure_http: bool = False
+    ca_bundle: Path | None = None
     # The query
     users: CommaList | None = None
     users_file: Path | None = None
@@ -154,6 +162,8 @@ class ExportSettings(BaseSettings):
     max_pages: int = Field(default=10_000, ge=1)
     records_path: str | None = None
     user_id_field: str = Field(default="userId", min_length=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_retry_after: float = Field(default=300.0, ge=0)
     repair_rounds: int = Field(default=3, ge=0, le=20)
     # Where results go
     out: Path | None = None
@@ -250,6 +260,18 @@ class ExportSettings(BaseSettings):
             raise ValueError("give one of users, users_file or all_users, not several")
         if self.window is not None and (self.start is not None or self.end is not None):
             raise ValueError("give either window or start/end, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _key_only_over_https(self) -> ExportSettings:
+        if self.base_url.startswith("http://") and not self.allow_insecure_http:
+            host = urlsplit(self.base_url).hostname or ""
+            if not is_loopback(host):
+                raise ValueError(
+                    f"base_url {self.base_url!r} is plain http to another host: the API key "
+                    "would cross the network unencrypted. Use https://, or pass "
+                    "--allow-insecure-http if you really mean it"
+                )
         return self
 
     @property
@@ -401,6 +423,16 @@ class ExportSettings(BaseSettings):
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (where plain http is harmless)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def read_users_file(path: Path) -> list[str]:
     """Read user ids, one per line; blank lines and ``#`` comments are ignored.
 
@@ -530,6 +562,22 @@ def _check_config_file(path: Path) -> None:
             )
 
 
+def warn_if_readable_by_others(path: Path) -> None:
+    """Warn, as ssh does, when a key file can be read by its group or by others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it will say what is wrong
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "key_file.unprotected",
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+            fix=f"chmod 600 {path}",
+            note="other users on this machine can read the API key",
+        )
+
+
 def resolve_api_key(settings: ExportSettings, *, env: Mapping[str, str] | None = None) -> SecretStr:
     """The API key: ``--api-key-file`` (or ``api_key_file``) wins over the environment.
 
@@ -539,6 +587,7 @@ def resolve_api_key(settings: ExportSettings, *, env: Mapping[str, str] | None =
     env = os.environ if env is None else env
     if settings.api_key_file is not None:
         path = settings.api_key_file
+        warn_if_readable_by_others(path)
         try:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
