@@ -48,6 +48,7 @@ from fetcher.sinks import (
     PostgresSink,
     ResumableSink,
     Sink,
+    TeeSink,
     make_sink,
 )
 from fetcher.spec import EMAIL_METRICS, MAX_PAGE_SIZE, PROSPECT_METRICS, QuerySpec
@@ -101,6 +102,7 @@ __all__ = [
     "Sink",
     "SinkError",
     "TLSError",
+    "TeeSink",
     "Transport",
     "TransportError",
     "__version__",

@@ -4,6 +4,23 @@ Thin on purpose: parsing and validation live in :mod:`fetcher.settings`, the
 work in :mod:`fetcher.runner`. This module maps each outcome to an exit code
 (see :class:`ExitCode`), writes the run report, and turns errors into one
 readable message (a traceback only with ``--debug``).
+
+Commands: ``export``; ``plan`` (what an export would fetch and how long it
+must take, :mod:`fetcher.planning`); ``check`` (one request: is the key good
+and the URL right, :mod:`fetcher.check`); ``demo`` (:mod:`fetcher.demo`).
+``plan`` and ``check`` take the same options as ``export``, so any export
+command can be checked or planned by changing its first word.
+
+Every error is printed as one line saying what happened, to which page or
+setting, and what to do (:func:`actionable` adds the "what to do" to errors
+whose message does not say it). ``--debug`` adds the traceback, with the API
+key and other secrets redacted from it.
+
+The live progress display (:mod:`fetcher.progress`) shows while an export or
+the demo runs, when standard error is a terminal, unless ``--quiet`` or
+``--log-format json``. While it shows, log lines are routed through it (they
+print above it, whole) and the default log level is ``warning``: the display
+stands in for the per-page ``info`` lines. A level the user chose is kept.
 """
 
 from __future__ import annotations
@@ -13,25 +30,44 @@ import contextlib
 import enum
 import json
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn, TextIO
 
 import anyio
 import structlog
 
 from fetcher._version import __version__
-from fetcher.errors import AuthError, ConfigError, FetcherError
+from fetcher.check import check_api
+from fetcher.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    FetcherError,
+    RateLimitedError,
+    RequestRejectedError,
+    RequestTimeoutError,
+    ResponseError,
+    ResponseTooLargeError,
+    ServerError,
+    SinkError,
+    TLSError,
+)
 from fetcher.job import run_job
-from fetcher.logs import configure_logging
-from fetcher.runner import RunSummary
+from fetcher.logs import LogFormat, RedactSecrets, configure_logging
+from fetcher.planning import make_plan
+from fetcher.progress import ProgressDisplay, current_stderr, wants_progress
+from fetcher.runner import Paginator, RunSummary
 from fetcher.settings import ExportSettings, load_settings, resolve_api_key
 from fetcher.sinks import Sink
 from fetcher.sinks.postgres import dsn_secrets
 
-__all__ = ["ExitCode", "main"]
+__all__ = ["ExitCode", "actionable", "main"]
 
 log = structlog.get_logger("fetcher.cli")
 
@@ -74,6 +110,14 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="read the API key from this file (default: the SALESHANDY_API_KEY variable)",
     )
     api.add_argument("--config", type=Path, help="a TOML config file with any of these settings")
+    api.add_argument("--ca-bundle", type=Path, help="trust this CA certificate file (a private CA)")
+    api.add_argument(
+        "--allow-insecure-http",
+        action="store_const",
+        const=True,
+        help="DANGER: allow a plain http:// base URL to a non-local host (the key travels "
+        "unencrypted)",
+    )
 
     query = parser.add_argument_group("the query")
     users = query.add_mutually_exclusive_group()
@@ -114,6 +158,14 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--records-path", help="dotted path to the record list (auto-detected)")
     fetch.add_argument("--user-id-field", help="the record field holding the user id (userId)")
     fetch.add_argument(
+        "--max-body-bytes", type=int, help="refuse responses larger than this (16 MiB)"
+    )
+    fetch.add_argument(
+        "--max-retry-after",
+        type=float,
+        help="longest Retry-After waited for; a page asked to wait longer gives up (300)",
+    )
+    fetch.add_argument(
         "--repair-rounds",
         type=int,
         help="re-reads of a query whose users did not all arrive before it fails (3)",
@@ -153,6 +205,14 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress display, only warnings and errors on stderr",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fetcher`` argument parser."""
     parser = _Parser(
@@ -170,20 +230,57 @@ def build_parser() -> argparse.ArgumentParser:
         "SALESHANDY_API_KEY or --api-key-file.",
     )
     _add_export_options(export_parser)
+    _add_quiet_option(export_parser)
     _add_logging_options(export_parser)
+
+    plan_parser = commands.add_parser(
+        "plan",
+        help="show what an export would fetch and the least time it takes",
+        description="Resolve an export's settings into its queries (window, slices, report "
+        "types, user batches) and estimate its pages, requests and minimum run time under "
+        "the rate limit. Takes the same options as export. Sends nothing but page 1 of each "
+        "query (once, never retried; --no-probe: not even that) and, for --all-users, the "
+        "team member list.",
+    )
+    _add_export_options(plan_parser)
+    planning = plan_parser.add_argument_group("planning")
+    planning.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch page 1 of each query for exact page counts (default: --probe)",
+    )
+    planning.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_logging_options(plan_parser)
+
+    check_parser = commands.add_parser(
+        "check",
+        help="check the API key and base URL with one request",
+        description="Send one request (not retried) and say plainly whether the key works at "
+        "the base URL: bad key, wrong host or port, TLS, rate-limited right now. Takes the "
+        "same options as export (it uses the API ones and the first user, if any).",
+    )
+    _add_export_options(check_parser)
+    _add_logging_options(check_parser)
 
     demo_parser = commands.add_parser(
         "demo",
         help="run an export against the built-in simulator",
-        description="Start the built-in API simulator and export a report from it.",
+        description="Start the built-in API simulator (rate-limited, with a few faults) and "
+        "export the last days, both report types, into DuckDB and JSONL; then show the "
+        "top users from DuckDB.",
     )
     demo_parser.add_argument(
         "--out-dir", type=Path, default=Path("fetcher-demo"), help="where to write (fetcher-demo/)"
     )
-    demo_parser.add_argument("--team-size", type=int, default=480, help="simulated users (480)")
+    demo_parser.add_argument("--team-size", type=int, default=300, help="simulated users (300)")
     demo_parser.add_argument(
-        "--latency-ms", type=float, default=80.0, help="simulated latency per request (80)"
+        "--latency-ms", type=float, default=40.0, help="simulated latency per request (40)"
     )
+    demo_parser.add_argument(
+        "--days", type=int, default=14, help="days up to yesterday, one query each (14)"
+    )
+    _add_quiet_option(demo_parser)
     _add_logging_options(demo_parser)
     return parser
 
@@ -234,13 +331,72 @@ def _exit_code_for(error: FetcherError) -> ExitCode:
     return ExitCode.FAILED
 
 
-async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCode:
+#: What to do about each kind of error, for messages that do not say it already
+#: (most specific class first).
+_HINTS: Final[tuple[tuple[type[FetcherError], str], ...]] = (
+    (AuthError, "check SALESHANDY_API_KEY or --api-key-file, and --base-url"),
+    (TLSError, "check the host name in --base-url and the system's CA certificates"),
+    (ConnectError, "check --base-url and the network (`fetcher check` tests both)"),
+    (
+        RequestTimeoutError,
+        "raise --timeout if the API is slow, or check the network; then run the same "
+        "command again to fetch what is missing",
+    ),
+    (ConnectionLostError, "run the same command again to fetch what is missing"),
+    (ResponseTooLargeError, "use a smaller --page-size"),
+    (
+        RateLimitedError,
+        "lower --rate-limit or --concurrency, or run the same command again later",
+    ),
+    (
+        ServerError,
+        "the API is failing; run the same command again later to fetch what is missing",
+    ),
+    (
+        RequestRejectedError,
+        "check the query options (--type, --order-by, --count-by, the dates); "
+        "`fetcher plan` shows the queries",
+    ),
+    (ResponseError, "if the records are elsewhere in the response, name them with --records-path"),
+    (SinkError, "check that the output can be written (path, permissions, free space)"),
+)
+
+#: A message that names a flag or says what to do needs no hint.
+_SAYS_WHAT_TO_DO: Final = re.compile(
+    r"--|\b(check|use|set|pass|run|close|choose|swap|raise|narrow|move)\b", re.IGNORECASE
+)
+
+
+def actionable(error: FetcherError) -> str:
+    """The error as one line: what happened, to which page or setting, and what to do."""
+    text = str(error)
+    if _SAYS_WHAT_TO_DO.search(error.message):
+        return text
+    for kind, hint in _HINTS:
+        if isinstance(error, kind):
+            return f"{text}; {hint}"
+    return text
+
+
+async def run_export(
+    settings: ExportSettings,
+    *,
+    fresh: bool = False,
+    quiet: bool = False,
+    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+) -> ExitCode:
     """Run ``fetcher export`` with validated settings; return the exit code.
+
+    Args:
+        settings: validated settings.
+        fresh: ignore an interrupted run's checkpoint.
+        quiet: say nothing on success.
+        watch: a progress display to run alongside the export.
 
     Raises:
         ConfigError: for input that can only be checked now (users file, key, output).
     """
-    outcome = await run_job(settings, fresh=fresh)
+    outcome = await run_job(settings, fresh=fresh, watch=watch)
     summary, error = outcome.summary, outcome.error
     if settings.report is not None:
         write_report(settings.report, summary, **outcome.details)
@@ -260,7 +416,7 @@ async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCo
         _say(f"fetcher: up to date: nothing after {outcome.details.get('catch_up_after')}")
         return ExitCode.OK
     if error is not None:
-        _say(f"fetcher: error: {error}")
+        _say(f"fetcher: error: {actionable(error)}")
         _say(_what_was_kept(outcome.sink, summary))
         return _exit_code_for(error)
     if not summary.ok:
@@ -281,6 +437,8 @@ async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCo
             )
         _say(_what_was_kept(outcome.sink, summary))
         return ExitCode.INCOMPLETE
+    if quiet:
+        return ExitCode.OK
     resumed = (
         f" (+{summary.resumed_pages} from the interrupted run)" if summary.resumed_pages else ""
     )
@@ -292,19 +450,43 @@ async def run_export(settings: ExportSettings, *, fresh: bool = False) -> ExitCo
 
 
 def _what_was_kept(sink: Sink | None, summary: RunSummary) -> str:
+    if summary.pages == 0 and not summary.resumed_pages:
+        return "fetcher: nothing was written"
     partial = getattr(sink, "partial", None)
     where = f" in {partial}" if partial else ""
     return f"fetcher: kept {summary.pages} written page(s), {summary.records} records{where}"
 
 
+def _log_format(args: argparse.Namespace, settings: ExportSettings | None) -> LogFormat:
+    chosen = args.log_format or (settings.log_format if settings else "console")
+    return "json" if chosen == "json" else "console"
+
+
 def _setup_logging(
-    args: argparse.Namespace, settings: ExportSettings | None, secrets: list[str]
+    args: argparse.Namespace,
+    settings: ExportSettings | None,
+    secrets: list[str],
+    *,
+    calm: bool = False,
+    stream: TextIO | None = None,
 ) -> None:
-    fmt = args.log_format or (settings.log_format if settings else "console")
-    level = (
-        "debug" if args.debug else (args.log_level or (settings.log_level if settings else "info"))
+    """Configure logging from the flags and settings.
+
+    Args:
+        args: the parsed command line.
+        settings: the loaded settings, if any.
+        secrets: strings never to log.
+        calm: default to ``warning`` rather than ``info`` (a progress display
+            shows, ``--quiet``, or a command whose output is on stdout); a level
+            the user chose wins.
+        stream: where log lines go (default: standard error).
+    """
+    fmt = _log_format(args, settings)
+    chosen = args.log_level or (
+        settings.log_level if settings and "log_level" in settings.model_fields_set else None
     )
-    configure_logging(fmt=fmt, level=level, secrets=secrets, debug=args.debug)
+    level = "debug" if args.debug else (chosen or ("warning" if calm else "info"))
+    configure_logging(fmt=fmt, level=level, secrets=secrets, debug=args.debug, stream=stream)
 
 
 def _secrets_from_env() -> list[str]:
@@ -312,25 +494,74 @@ def _secrets_from_env() -> list[str]:
     return [key] if key else []
 
 
-async def _main(args: argparse.Namespace) -> ExitCode:
-    if args.command == "demo":
-        from fetcher.demo import run_demo  # noqa: PLC0415  (keeps the simulator off the export path)
+def _progress(args: argparse.Namespace, settings: ExportSettings | None) -> ProgressDisplay | None:
+    """The live display, if this run should have one (see :mod:`fetcher.progress`)."""
+    if wants_progress(quiet=args.quiet, log_format=_log_format(args, settings)):
+        return ProgressDisplay()
+    return None
 
-        _setup_logging(args, None, [])
-        return ExitCode(
-            await run_demo(
-                out_dir=args.out_dir, team_size=args.team_size, latency_ms=args.latency_ms
-            )
+
+async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
+    from fetcher.demo import run_demo  # noqa: PLC0415  (keeps the simulator off the export path)
+
+    display = _progress(args, None)
+    _setup_logging(
+        args, None, secrets, calm=True, stream=current_stderr() if display is not None else None
+    )
+    return ExitCode(
+        await run_demo(
+            out_dir=args.out_dir,
+            team_size=args.team_size,
+            latency_ms=args.latency_ms,
+            days=args.days,
+            watch=display,
         )
+    )
+
+
+async def _plan(settings: ExportSettings, *, probe: bool, as_json: bool) -> ExitCode:
+    plan = await make_plan(settings, probe=probe)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))  # noqa: T201  (the command's output)
+    else:
+        for line in plan.lines():
+            print(line)  # noqa: T201  (the command's output)
+    return ExitCode.OK
+
+
+async def _check(settings: ExportSettings) -> ExitCode:
+    result = await check_api(settings)
+    if result.ok:
+        print(f"fetcher check: {result.message}")  # noqa: T201  (the command's output)
+        return ExitCode.OK
+    _say(f"fetcher check: {result.message}")
+    return _exit_code_for(result.error) if result.error is not None else ExitCode.FAILED
+
+
+async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
+    if args.command == "demo":
+        return await _demo(args, secrets)
     settings = load_settings(_flags(args), config_file=args.config)
-    secrets = _secrets_from_env()
     if settings.postgres_dsn is not None:
         secrets.extend(dsn_secrets(settings.postgres_dsn.get_secret_value()))
     if settings.api_key_file is not None:
         with contextlib.suppress(ConfigError):
             secrets.append(resolve_api_key(settings).get_secret_value())
-    _setup_logging(args, settings, secrets)
-    return await run_export(settings, fresh=args.fresh)
+    if args.command == "plan":
+        _setup_logging(args, settings, secrets, calm=True)
+        return await _plan(settings, probe=args.probe, as_json=args.json)
+    if args.command == "check":
+        _setup_logging(args, settings, secrets, calm=True)
+        return await _check(settings)
+    display = _progress(args, settings)
+    _setup_logging(
+        args,
+        settings,
+        secrets,
+        calm=display is not None or args.quiet,
+        stream=current_stderr() if display is not None else None,
+    )
+    return await run_export(settings, fresh=args.fresh, quiet=args.quiet, watch=display)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,23 +571,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors, --help, --version
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
-    # Until settings are loaded, log plainly (and never the key).
-    configure_logging(fmt=args.log_format or "console", secrets=_secrets_from_env())
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every error becomes one actionable line and an exit code."""
+    # Until settings are loaded, log plainly (and never the key). _main adds
+    # the secrets it learns (a key file, a DSN) to this list.
+    secrets = _secrets_from_env()
+    configure_logging(fmt=args.log_format or "console", secrets=secrets)
     try:
-        return int(anyio.run(_main, args))
-    except ConfigError as exc:
-        _say(f"fetcher: invalid input: {exc}")
-        return ExitCode.USAGE
-    except FetcherError as exc:
-        if args.debug:
-            raise
-        _say(f"fetcher: error: {exc}")
-        return _exit_code_for(exc)
+        return int(anyio.run(_main, args, secrets))
     except KeyboardInterrupt:
-        _say("fetcher: interrupted")
+        _say("fetcher: interrupted; run the same command again to resume")
         return ExitCode.INTERRUPTED
     except Exception as exc:
         if args.debug:
-            raise
-        _say(f"fetcher: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-        return ExitCode.INTERNAL
+            _say(_redact("".join(traceback.format_exception(exc)).rstrip(), secrets))
+        message, code = _describe_failure(exc, debug=args.debug)
+        _say(_redact(message, secrets))
+        return code
+
+
+def _describe_failure(exc: Exception, *, debug: bool) -> tuple[str, ExitCode]:
+    """The one line and the exit code for an error that ended the command."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        if not isinstance(inner, Exception):
+            break
+        exc = inner  # a task group's wrapper around the one error that matters
+    if isinstance(exc, ConfigError):
+        return f"fetcher: invalid input: {exc}", ExitCode.USAGE
+    if isinstance(exc, FetcherError):
+        return f"fetcher: error: {actionable(exc)}", _exit_code_for(exc)
+    if isinstance(exc, OSError):
+        # Outside the sinks (they raise SinkError): the report, the state file, the lock.
+        where = f" {exc.filename}" if exc.filename else ""
+        return (
+            f"fetcher: error: cannot use{where}: {exc.strerror or exc}; check the path "
+            "and its permissions",
+            ExitCode.FAILED,
+        )
+    hint = "please report it with the traceback above" if debug else "run with --debug"
+    return f"fetcher: internal error: {type(exc).__name__}: {exc} ({hint})", ExitCode.INTERNAL
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret replaced, by the same processor that cleans the logs."""
+    return str(RedactSecrets(secrets)(None, "print", {"text": text})["text"])

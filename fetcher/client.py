@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -55,6 +54,7 @@ from fetcher.transport import (
     Request,
     Response,
     Transport,
+    tls_context,
 )
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Client:
             timeout=timeout,
             max_connections=max(concurrency, 1) * 2,
             max_body_bytes=max_body_bytes,
-            ssl_context=_tls_context(ca_bundle),
+            ssl_context=tls_context(ca_bundle),
         )
         self._rng = random.Random()  # noqa: S311  (backoff jitter)
         self._task_group: TaskGroup | None = None
@@ -374,16 +374,6 @@ class Client:
         specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
         paginator = Paginator(self, specs)
         return PageStream.start(self._task_group, paginator, buffer=self.concurrency * 2)
-
-
-def _tls_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
-    """Verification stays on; with a CA bundle, trust exactly the certificates in it."""
-    if ca_bundle is None:
-        return None
-    try:
-        return ssl.create_default_context(cafile=os.fspath(ca_bundle))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use CA bundle {ca_bundle}: {exc}", field="ca_bundle") from None
 
 
 def _is_auth_body(content: bytes, lowered_message: str) -> bool:

@@ -24,14 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
-from pydantic import SecretStr
 
-from fetcher.client import Client
+from fetcher.api import api_key, open_api
 from fetcher.errors import ConfigError, FetcherError
-from fetcher.models import ResponseShape
-from fetcher.retry import RetryPolicy
 from fetcher.runner import Paginator, RunSummary, export
-from fetcher.settings import ExportSettings, resolve_api_key
+from fetcher.settings import ExportSettings
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
 from fetcher.state import Checkpointer, RunLock
@@ -43,9 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["JobOutcome", "run_job"]
 
 log = structlog.get_logger("fetcher.job")
-
-#: The key the in-process simulator accepts when the user has none set.
-SIMULATOR_KEY = "sim-key"
 
 
 @dataclass(slots=True)
@@ -63,15 +57,6 @@ def _output_name(settings: ExportSettings) -> str:
     if settings.sink == "postgres":
         return f"postgres:{settings.table}"
     return str(settings.out)
-
-
-def _api_key(settings: ExportSettings) -> SecretStr:
-    try:
-        return resolve_api_key(settings)
-    except ConfigError:
-        if settings.uses_simulator and settings.api_key_file is None:
-            return SecretStr(SIMULATOR_KEY)
-        raise
 
 
 async def run_job(
@@ -92,9 +77,9 @@ async def run_job(
     Raises:
         ConfigError: for input found wrong before any request was sent.
     """
-    api_key = _api_key(settings)
     if settings.out is None and settings.sink != "postgres":
         raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
+    api_key(settings)  # no key is a usage error, found before anything else
     sink = make_sink(
         settings.out,
         sink=settings.sink,
@@ -103,26 +88,8 @@ async def run_job(
     )
     users = None if settings.all_users else _configured_users(settings)
     async with AsyncExitStack() as stack:
-        base_url = settings.base_url
-        if settings.uses_simulator:
-            base_url = await _start_simulator(stack, settings, api_key)
-        client = await stack.enter_async_context(
-            Client(
-                api_key=api_key,
-                base_url=base_url,
-                concurrency=settings.concurrency,
-                rate_limit=settings.rate,
-                timeout=settings.timeout,
-                retry=RetryPolicy(
-                    attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after
-                ),
-                ca_bundle=settings.ca_bundle,
-                max_body_bytes=settings.max_body_bytes,
-                shape=ResponseShape(
-                    records_path=settings.records_path, user_id_field=settings.user_id_field
-                ),
-            )
-        )
+        api = await stack.enter_async_context(open_api(settings, record=False))
+        client = api.client
         if users is None:
             users = [member.user_id for member in await client.team_members()]
             log.info("team.members", users=len(users))
@@ -171,26 +138,6 @@ def _configured_users(settings: ExportSettings) -> list[str] | None:
     if settings.users is None and settings.users_file is None and settings.uses_simulator:
         return None
     return settings.user_ids()
-
-
-async def _start_simulator(
-    stack: AsyncExitStack, settings: ExportSettings, api_key: SecretStr
-) -> str:
-    from fetcher.simulator import SimulatorConfig, serve  # noqa: PLC0415  (only for trials)
-
-    knobs = settings.simulator
-    config = SimulatorConfig(
-        seed=knobs.seed,
-        team_size=knobs.team_size,
-        api_keys=(api_key.get_secret_value(),),
-        latency_ms=knobs.latency_ms,
-        rate_limit=knobs.rate_limit,
-        rate_window_s=knobs.rate_window_s,
-        fault_rate=knobs.fault_rate,
-    )
-    sim = await stack.enter_async_context(serve(config))
-    log.info("simulator.started", base_url=sim.base_url, team_size=knobs.team_size)
-    return sim.base_url
 
 
 def _catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:

@@ -43,7 +43,7 @@ from typing import Final
 
 import anyio
 
-__all__ = ["Limiter", "LimiterStats", "Rate"]
+__all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "parse_reset"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -157,7 +157,8 @@ def parse_reset(value: str, *, now_wall: float) -> float | None:
     return when.timestamp() - now_wall
 
 
-def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    """An integer header (``x-ratelimit-remaining``), or ``None`` if absent or unreadable."""
     raw = headers.get(name)
     if raw is None:
         return None
@@ -307,8 +308,8 @@ class Limiter:
             self._adaptive_interval = None
 
     def _read_window(self, headers: Mapping[str, str]) -> None:
-        remaining = _header_int(headers, "x-ratelimit-remaining")
-        limit = _header_int(headers, "x-ratelimit-limit")
+        remaining = header_int(headers, "x-ratelimit-remaining")
+        limit = header_int(headers, "x-ratelimit-limit")
         raw_reset = headers.get("x-ratelimit-reset")
         if limit is not None and limit > 0:
             self._window_limit = limit

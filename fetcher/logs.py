@@ -20,6 +20,9 @@ __all__ = ["REDACTED", "RedactSecrets", "configure_logging"]
 
 REDACTED: Final = "***"
 
+#: Shorter strings are not treated as secrets (see :class:`RedactSecrets`).
+MIN_SECRET_LENGTH: Final = 6
+
 #: Keys whose values are secret whatever they hold.
 SECRET_KEYS: Final = frozenset(
     {"x-api-key", "x_api_key", "api_key", "apikey", "authorization", "password", "dsn"}
@@ -34,7 +37,9 @@ class RedactSecrets:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = tuple(s for s in secrets if s)
+        # A secret of a few characters would turn every word containing them into
+        # asterisks; no real API key or password is that short.
+        self.secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -776,7 +776,11 @@ async def export(
         except IncompleteRunError as exc:
             return exc.summary
         except FetcherError as exc:
-            exc.summary = paginator.summary()
+            summary = paginator.summary()
+            if summary.status != "failed":  # e.g. the sink could not even be opened
+                summary.status = "failed"
+                summary.error, summary.error_type = str(exc), type(exc).__name__
+            exc.summary = summary
             raise
         if checkpoint is not None:
             await checkpoint.finish("complete")

@@ -247,7 +247,14 @@ class RunLock:
         self._lock = filelock.FileLock(str(self.path), timeout=0)
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create {self.path.parent} for the state file: {exc.strerror or exc}; "
+                "choose another --state or --out",
+                field="--state",
+            ) from None
         try:
             self._lock.acquire()
         except filelock.Timeout:

@@ -13,6 +13,7 @@ it, so the API key is never replayed to a host the user did not name.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "Response",
     "Transport",
     "map_aiohttp_errors",
+    "tls_context",
 ]
 
 #: Default cap on one response body; a team-stats page of 1,000 rows is ~0.5 MB.
@@ -110,9 +112,11 @@ def map_aiohttp_errors(page: PageRef | None = None) -> Iterator[None]:
             page=page,
         ) from exc
     except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror or (
+            os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc)
+        )
         raise ConnectError(
-            f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc}); "
-            "check --base-url and the network",
+            f"cannot connect to {exc.host}:{exc.port} ({reason}); check --base-url and the network",
             page=page,
         ) from exc
     except TimeoutError as exc:
@@ -125,6 +129,20 @@ def map_aiohttp_errors(page: PageRef | None = None) -> Iterator[None]:
         raise ConnectionLostError(f"{type(exc).__name__}: {exc}", page=page) from exc
     except ConnectionError as exc:
         raise ConnectionLostError(f"connection error: {exc}", page=page) from exc
+
+
+def tls_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """Verification stays on; with a CA bundle, trust exactly the certificates in it.
+
+    Raises:
+        ConfigError: the bundle cannot be read or is not a certificate file.
+    """
+    if ca_bundle is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use CA bundle {ca_bundle}: {exc}", field="ca_bundle") from None
 
 
 class AiohttpTransport:

@@ -225,17 +225,6 @@ async def test_incomplete_run_exits_4_lists_missing_pages_and_keeps_partial(tmp_
     assert len(read_jsonl(tmp_path / "s.jsonl.partial")) == 50
 
 
-async def test_demo_runs_and_says_where_the_output_is(tmp_path: Path) -> None:
-    """`fetcher demo` exports from the built-in simulator and prints the output path."""
-    result = await run_cli(
-        ["demo", "--team-size", "60", "--latency-ms", "5"], key=None, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "fetcher-demo" / "team-stats.jsonl"
-    assert str(out) in result.stdout
-    assert len(read_jsonl(out)) == 120  # 60 users x 2 report types
-
-
 @pytest.mark.parametrize(
     ("envelope", "string_counts", "team_size", "page_size"),
     [

@@ -39,6 +39,7 @@ from fetcher.sinks.jsonl import JsonlSink
 from fetcher.sinks.memory import MemorySink
 from fetcher.sinks.parquet import ParquetSink
 from fetcher.sinks.postgres import PostgresSink
+from fetcher.sinks.tee import TeeSink
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -52,6 +53,7 @@ __all__ = [
     "PostgresSink",
     "ResumableSink",
     "Sink",
+    "TeeSink",
     "make_sink",
 ]
 

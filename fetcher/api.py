@@ -1,0 +1,184 @@
+"""Opening the configured API: the key, the client, and the simulator for trials.
+
+``fetcher export``, ``plan`` and ``check`` all talk to the API the same way,
+so they open it here: the key from the environment or the key file (or the
+simulator's own key), TLS verified (with the CA bundle if one is set), the
+body cap, the rate limit, the timeout, and for ``base_url = "simulator"`` the
+built-in simulator, started in-process on a free port. A
+:class:`RecordingTransport` under the client keeps what each response said
+about the rate limit (``plan`` and ``check`` report it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from pydantic import SecretStr
+
+from fetcher.client import Client
+from fetcher.errors import ConfigError
+from fetcher.limits import header_int, parse_reset
+from fetcher.models import ResponseShape
+from fetcher.retry import RetryPolicy
+from fetcher.settings import ExportSettings, resolve_api_key
+from fetcher.transport import AiohttpTransport, Request, Response, Transport, tls_context
+
+if TYPE_CHECKING:
+    from fetcher.simulator import RunningSimulator
+
+__all__ = ["SIMULATOR_KEY", "ApiSession", "Observed", "RecordingTransport", "api_key", "open_api"]
+
+#: The key the in-process simulator accepts when the user has none set.
+SIMULATOR_KEY: Final = "sim-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What one response said about the rate limit, and how long it took."""
+
+    status: int
+    elapsed_s: float
+    limit: int | None = None
+    remaining: int | None = None
+    reset_in_s: float | None = None
+
+
+class RecordingTransport:
+    """A transport that remembers each response's timing and rate-limit headers.
+
+    Args:
+        inner: the transport that really sends.
+        wall_clock: epoch seconds, to read epoch ``x-ratelimit-reset`` values.
+    """
+
+    def __init__(self, inner: Transport, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.inner = inner
+        self.observed: list[Observed] = []
+        self._wall = wall_clock
+
+    async def send(self, request: Request) -> Response:
+        """Send through the inner transport and record what came back."""
+        started = time.monotonic()
+        response = await self.inner.send(request)
+        headers = response.headers
+        raw_reset = headers.get("x-ratelimit-reset")
+        self.observed.append(
+            Observed(
+                status=response.status,
+                elapsed_s=time.monotonic() - started,
+                limit=header_int(headers, "x-ratelimit-limit"),
+                remaining=header_int(headers, "x-ratelimit-remaining"),
+                reset_in_s=(
+                    None if raw_reset is None else parse_reset(raw_reset, now_wall=self._wall())
+                ),
+            )
+        )
+        return response
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self.inner.aclose()
+
+
+@dataclass(slots=True)
+class ApiSession:
+    """An open client for the configured API (see :func:`open_api`)."""
+
+    client: Client
+    transport: RecordingTransport | None
+    base_url: str
+    simulator: RunningSimulator | None = None
+    key: SecretStr = field(default_factory=lambda: SecretStr(""), repr=False)
+
+
+def api_key(settings: ExportSettings) -> SecretStr:
+    """The key: the key file, else ``SALESHANDY_API_KEY``, else the simulator's own.
+
+    Raises:
+        ConfigError: no key, and the API is not the built-in simulator.
+    """
+    try:
+        return resolve_api_key(settings)
+    except ConfigError:
+        if settings.uses_simulator and settings.api_key_file is None:
+            return SecretStr(SIMULATOR_KEY)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def open_api(
+    settings: ExportSettings,
+    *,
+    retry: RetryPolicy | None = None,
+    concurrency: int | None = None,
+    record: bool = True,
+) -> AsyncIterator[ApiSession]:
+    """A client for the settings' API; for ``base_url = "simulator"``, a simulator too.
+
+    Args:
+        settings: the API, key, timeout, rate limit, TLS and parsing settings.
+        retry: the client's retry policy (default: from the settings).
+        concurrency: requests in flight (default: the settings').
+        record: keep what each response said (a short probe); an export, whose
+            pages run into the thousands, does not.
+
+    Raises:
+        ConfigError: no API key.
+    """
+    key = api_key(settings)
+    if retry is None:
+        retry = RetryPolicy(
+            attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = settings.base_url
+        simulator = None
+        if settings.uses_simulator:
+            simulator = await stack.enter_async_context(_simulator(settings, key))
+            base_url = simulator.base_url
+        limit = concurrency or settings.concurrency
+        sender = AiohttpTransport(
+            timeout=settings.timeout,
+            max_connections=max(limit, 1) * 2,
+            max_body_bytes=settings.max_body_bytes,
+            ssl_context=tls_context(settings.ca_bundle),
+        )
+        transport = RecordingTransport(sender) if record else None
+        client = await stack.enter_async_context(
+            Client(
+                api_key=key,
+                base_url=base_url,
+                concurrency=limit,
+                rate_limit=settings.rate,
+                timeout=settings.timeout,
+                retry=retry,
+                shape=ResponseShape(
+                    records_path=settings.records_path, user_id_field=settings.user_id_field
+                ),
+                transport=transport or sender,
+            )
+        )
+        yield ApiSession(client, transport, base_url, simulator, key)
+
+
+def _simulator(
+    settings: ExportSettings, key: SecretStr
+) -> contextlib.AbstractAsyncContextManager[RunningSimulator]:
+    from fetcher.simulator import SimulatorConfig, serve  # noqa: PLC0415  (only for trials)
+
+    knobs = settings.simulator
+    return serve(
+        SimulatorConfig(
+            seed=knobs.seed,
+            team_size=knobs.team_size,
+            api_keys=(key.get_secret_value(),),
+            latency_ms=knobs.latency_ms,
+            rate_limit=knobs.rate_limit,
+            rate_window_s=knobs.rate_window_s,
+            fault_rate=knobs.fault_rate,
+        )
+    )

@@ -1,0 +1,489 @@
+"""``fetcher plan``: what an export would fetch, and how long it must take at least.
+
+It resolves everything an export resolves (the config, the window, its
+slices, the report types, the users and their batches) into the same
+queries, and then estimates, per query, how many pages the export will
+request:
+
+* **probed** (the default): page 1 of each query is fetched once, and its
+  ``meta`` gives the exact number of pages. That is the only request per
+  query; a probe is never retried (a probe that fails falls back to the
+  estimate below), and no page past the first is ever requested.
+* **not probed** (``--no-probe``): ``ceil(users / page size)`` per query. The
+  API returns at most one row per user and window, so this is an upper bound;
+  no request at all is sent, except the team member list for ``--all-users``
+  (without it there is nothing to count).
+
+From the pages it derives the least time the export can take: under the
+configured ``--rate-limit`` (requests x interval), under the limit the server
+advertises in its ``x-ratelimit-*`` headers (when the probes saw them), and
+at the probed latency with ``--concurrency`` requests in flight. Retries come
+on top of every figure.
+
+The headers and latencies are read by :class:`fetcher.api.RecordingTransport`;
+:func:`fetcher.api.open_api` (shared with ``fetcher export`` and ``fetcher
+check``) opens the client, starting the built-in simulator for
+``base_url = "simulator"``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from fetcher.api import ApiSession, Observed, open_api
+from fetcher.client import Client
+from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
+from fetcher.retry import RetryPolicy
+from fetcher.settings import ExportSettings
+from fetcher.spec import format_api_datetime
+
+if TYPE_CHECKING:
+    from fetcher.spec import QuerySpec
+
+__all__ = ["QueryEstimate", "RunPlan", "ServerLimit", "make_plan"]
+
+log = structlog.get_logger("fetcher.planning")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryEstimate:
+    """One query's pages: exact from page 1's meta, or estimated from its users."""
+
+    key: str
+    type: str
+    window_start: dt.datetime
+    window_end: dt.datetime
+    users: int
+    pages: int
+    exact: bool
+    records: int | None = None
+    probe_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimit:
+    """The rate limit the server advertised: ``limit`` requests per ``window_s``."""
+
+    limit: int
+    window_s: float
+
+    def min_run_s(self, requests: int) -> float:
+        """The least time ``requests`` take: every full window but the last is waited out."""
+        if requests <= self.limit:
+            return 0.0
+        return (math.ceil(requests / self.limit) - 1) * self.window_s
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What an export of the same settings would do; see the module docstring.
+
+    Attributes:
+        base_url: the API (``simulator`` for the built-in one).
+        queries: per query, its pages.
+        window: the first slice's start and the last slice's end, if any.
+        slice_unit: ``day``, ``week``, ``month`` or ``None``.
+        timezone: the zone of days and slices.
+        types: the report types.
+        users: how many users.
+        batch_size: users per query at most.
+        team_list: whether the export fetches the team member list (one request).
+        probed: whether page 1 of each query was fetched.
+        requests_sent: requests this plan sent (probes and the team list).
+        rate_interval_s: the configured ``--rate-limit``'s interval, if any.
+        concurrency: requests in flight.
+        server_limit: the limit the server advertised, if the responses said.
+        latency_s: the median response time seen, if any request was sent.
+        catch_up_after: with ``--catch-up``, the end of the last completed window.
+    """
+
+    base_url: str
+    queries: tuple[QueryEstimate, ...]
+    window: tuple[dt.datetime, dt.datetime] | None
+    slice_unit: str | None
+    timezone: str
+    types: tuple[str, ...]
+    users: int
+    batch_size: int
+    team_list: bool
+    probed: bool
+    requests_sent: int = 0
+    rate_interval_s: float | None = None
+    concurrency: int = 1
+    server_limit: ServerLimit | None = None
+    latency_s: float | None = None
+    catch_up_after: dt.datetime | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def slices(self) -> int:
+        """Distinct windows among the queries."""
+        return len({(q.window_start, q.window_end) for q in self.queries})
+
+    @property
+    def user_batches(self) -> int:
+        """Queries per window and type: the users split into batches."""
+        return math.ceil(self.users / self.batch_size) if self.users else 0
+
+    @property
+    def pages(self) -> int:
+        """Pages the export will request (each at least once)."""
+        return sum(q.pages for q in self.queries)
+
+    @property
+    def exact_queries(self) -> int:
+        """Queries whose pages are known from page 1's meta."""
+        return sum(q.exact for q in self.queries)
+
+    @property
+    def requests(self) -> int:
+        """Requests the export will send without retries: its pages, and the team list."""
+        return self.pages + int(self.team_list)
+
+    @property
+    def min_run_s_configured(self) -> float | None:
+        """The least time under the configured rate: one request per interval."""
+        if self.rate_interval_s is None:
+            return None
+        return max(self.requests - 1, 0) * self.rate_interval_s
+
+    @property
+    def min_run_s_server(self) -> float | None:
+        """The least time under the server's advertised limit."""
+        return None if self.server_limit is None else self.server_limit.min_run_s(self.requests)
+
+    @property
+    def min_run_s_latency(self) -> float | None:
+        """The least time at the probed latency with ``concurrency`` requests in flight."""
+        if self.latency_s is None:
+            return None
+        return math.ceil(self.requests / self.concurrency) * self.latency_s
+
+    @property
+    def min_run_s(self) -> float | None:
+        """The largest of the bounds known: the export cannot be faster."""
+        bounds = [
+            b
+            for b in (self.min_run_s_configured, self.min_run_s_server, self.min_run_s_latency)
+            if b is not None
+        ]
+        return max(bounds) if bounds else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (``fetcher plan --json``)."""
+        window = self.window
+        return {
+            "base_url": self.base_url,
+            "window": [format_api_datetime(w) for w in window] if window else None,
+            "slice": self.slice_unit,
+            "timezone": self.timezone,
+            "types": list(self.types),
+            "users": self.users,
+            "user_batches": self.user_batches,
+            "slices": self.slices,
+            "queries": len(self.queries),
+            "pages": self.pages,
+            "exact_queries": self.exact_queries,
+            "requests": self.requests,
+            "team_list": self.team_list,
+            "probed": self.probed,
+            "requests_sent": self.requests_sent,
+            "catch_up_after": (
+                format_api_datetime(self.catch_up_after) if self.catch_up_after else None
+            ),
+            "min_run_s": _round(self.min_run_s),
+            "min_run_s_configured": _round(self.min_run_s_configured),
+            "min_run_s_server": _round(self.min_run_s_server),
+            "min_run_s_latency": _round(self.min_run_s_latency),
+            "rate_interval_s": self.rate_interval_s,
+            "server_limit": (
+                {"limit": self.server_limit.limit, "window_s": self.server_limit.window_s}
+                if self.server_limit
+                else None
+            ),
+            "latency_s": _round(self.latency_s),
+            "concurrency": self.concurrency,
+            "notes": list(self.notes),
+            "query_estimates": [
+                {
+                    "query": q.key,
+                    "type": q.type,
+                    "window_start": format_api_datetime(q.window_start),
+                    "window_end": format_api_datetime(q.window_end),
+                    "users": q.users,
+                    "pages": q.pages,
+                    "exact": q.exact,
+                    "records": q.records,
+                    "probe_error": q.probe_error,
+                }
+                for q in self.queries
+            ],
+        }
+
+    def lines(self) -> Iterator[str]:
+        """The plan as text, for people."""
+        yield f"fetcher plan for {self.base_url}"
+        if self.window is not None:
+            start, end = self.window
+            unit = f", one query per {self.slice_unit}" if self.slice_unit else ""
+            yield (
+                f"  window    {_local(start)} .. {_local(end)} ({self.timezone}){unit}: "
+                f"{self.slices} slice(s)"
+            )
+        if self.catch_up_after is not None:
+            yield f"  catch-up  after {format_api_datetime(self.catch_up_after)}"
+        yield f"  reports   {', '.join(self.types)}"
+        team = " (the team member list)" if self.team_list else ""
+        yield (
+            f"  users     {self.users}{team}, in {self.user_batches} batch(es) of up to "
+            f"{self.batch_size}"
+        )
+        yield (
+            f"  queries   {len(self.queries)} = {self.slices} slice(s) x {len(self.types)} "
+            f"type(s) x {self.user_batches} batch(es)"
+        )
+        exact = self.exact_queries
+        how = (
+            "exact, from page 1's meta"
+            if exact == len(self.queries)
+            else f"{exact} of {len(self.queries)} exact from page 1's meta; the rest "
+            "estimated as users / page size (an upper bound)"
+        )
+        yield f"  pages     {self.pages:,} ({how})"
+        team_req = " + the team member list" if self.team_list else ""
+        yield f"  requests  {self.requests:,} (pages{team_req}), plus any retries"
+        yield from self._time_lines()
+        probe = "page 1 of each query, once" if self.probed else "none (--no-probe)"
+        yield f"  probes    {probe}; this plan sent {self.requests_sent} request(s)"
+        for note in self.notes:
+            yield f"  note: {note}"
+
+    def _time_lines(self) -> Iterator[str]:
+        bounds = []
+        if self.min_run_s_configured is not None and self.rate_interval_s:
+            bounds.append(
+                f"{_seconds(self.min_run_s_configured)} at the configured rate limit "
+                f"({1 / self.rate_interval_s:g} requests/s)"
+            )
+        if self.server_limit is not None and self.min_run_s_server is not None:
+            bounds.append(
+                f"{_seconds(self.min_run_s_server)} at the server's limit "
+                f"({self.server_limit.limit} requests per {self.server_limit.window_s:g} s)"
+            )
+        if self.min_run_s_latency is not None and self.latency_s is not None:
+            bounds.append(
+                f"{_seconds(self.min_run_s_latency)} at {self.concurrency} in flight x "
+                f"{self.latency_s * 1000:.0f} ms per request"
+            )
+        if self.min_run_s is None:
+            yield "  min time  unknown (no rate limit configured and nothing probed)"
+            return
+        yield f"  min time  {_seconds(self.min_run_s)}: the largest of"
+        for bound in bounds:
+            yield f"              {bound}"
+
+
+def _local(when: dt.datetime) -> str:
+    """A window bound in its own zone, to the millisecond, without the offset."""
+    return when.replace(tzinfo=None).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _seconds(value: float) -> str:
+    if value < 90:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _needs_team_list(settings: ExportSettings) -> bool:
+    """Whether the export asks the API for its users (as ``run_job`` decides)."""
+    explicit = settings.users is not None or settings.users_file is not None
+    return settings.all_users or (settings.uses_simulator and not explicit)
+
+
+def _catch_up_after(settings: ExportSettings, users: list[str]) -> dt.datetime | None:
+    if not settings.catch_up or settings.state_path is None:
+        return None
+    from fetcher.state import RunState  # noqa: PLC0415  (only with --catch-up)
+
+    state = RunState.load(settings.state_path)
+    completed = state.ledger.get(settings.job_identity(users)) if state else None
+    return dt.datetime.fromisoformat(completed) if completed else None
+
+
+def _guess(spec: QuerySpec, *, error: str | None = None) -> QueryEstimate:
+    return QueryEstimate(
+        key=spec.key,
+        type=spec.type,
+        window_start=spec.start,
+        window_end=spec.end,
+        users=len(spec.user_ids),
+        pages=max(math.ceil(len(spec.user_ids) / spec.page_size), 1),
+        exact=False,
+        probe_error=error,
+    )
+
+
+async def _probe(client: Client, spec: QuerySpec) -> QueryEstimate:
+    """Page 1 of ``spec``, once; its meta gives the pages. Only fatal errors are raised."""
+    try:
+        page = await client.fetch_page(spec, 1)
+    except (AuthError, ConnectError, ConfigError):
+        raise
+    except FetcherError as exc:
+        log.warning("plan.probe_failed", query=spec.key, error=str(exc))
+        return _guess(spec, error=str(exc))
+    total = page.meta.pages_for(spec.page_size) if page.meta is not None else None
+    if total is None and len(page.records) < spec.page_size:
+        total = 1  # no meta, but a short page 1 is the last one
+    if total is None:
+        return _guess(spec)
+    return QueryEstimate(
+        key=spec.key,
+        type=spec.type,
+        window_start=spec.start,
+        window_end=spec.end,
+        users=len(spec.user_ids),
+        pages=max(total, 1),  # an empty result is still one request
+        exact=True,
+        records=page.meta.total_items if page.meta is not None else len(page.records),
+    )
+
+
+async def _probe_all(client: Client, specs: list[QuerySpec]) -> list[QueryEstimate]:
+    """Probe every query with a pool of ``client.concurrency`` workers; stop on a fatal error."""
+    results: dict[str, QueryEstimate] = {}
+    pending = iter(specs)
+    fatal: list[FetcherError] = []
+
+    async def worker(scope: anyio.CancelScope) -> None:
+        for spec in pending:  # one shared iterator: each query is taken once
+            try:
+                results[spec.key] = await _probe(client, spec)
+            except FetcherError as exc:
+                fatal.append(exc)
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(client.concurrency, len(specs))):
+            tg.start_soon(worker, tg.cancel_scope)
+    if fatal:
+        raise fatal[0]
+    return [results[spec.key] for spec in specs]
+
+
+async def make_plan(
+    settings: ExportSettings, *, probe: bool = True, now: dt.datetime | None = None
+) -> RunPlan:
+    """Resolve the settings into queries and estimate the export's pages and time.
+
+    Args:
+        settings: the export's settings (the output is not touched).
+        probe: fetch page 1 of each query (once, never retried) for exact sizes.
+        now: the moment relative windows are evaluated at (default: now).
+
+    Raises:
+        ConfigError: invalid settings, found before any request.
+        AuthError: the key was refused.
+        ConnectError: the API cannot be reached.
+        FetcherError: the team member list could not be fetched.
+    """
+    team_list = _needs_team_list(settings)
+    users = None if team_list else settings.user_ids()
+    settings.slices(now=now)  # a bad window fails here, before any request
+    notes: list[str] = []
+    if not probe and users is not None:
+        specs = settings.queries(users, now=now, after=_catch_up_after(settings, users))
+        return _plan(settings, specs, [_guess(spec) for spec in specs], users, notes=notes)
+    # The team list is retried like in an export; probes are not (see below).
+    retry = RetryPolicy(attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after)
+    async with open_api(settings, retry=retry) as api:
+        if users is None:
+            users = [member.user_id for member in await api.client.team_members()]
+        after = _catch_up_after(settings, users)
+        specs = settings.queries(users, now=now, after=after)
+        if probe:
+            # One request per query, never more: a probe that fails is estimated instead.
+            api.client.retry = RetryPolicy(attempts=1, max_retry_after_s=settings.max_retry_after)
+            estimates = await _probe_all(api.client, specs)
+        else:
+            estimates = [_guess(spec) for spec in specs]
+        failed = sum(q.probe_error is not None for q in estimates)
+        if failed:
+            notes.append(f"{failed} probe(s) failed; those queries are estimated")
+        return _plan(
+            settings,
+            specs,
+            estimates,
+            users,
+            api=api,
+            probed=probe,
+            after=after,
+            notes=notes,
+        )
+
+
+def _plan(
+    settings: ExportSettings,
+    specs: list[QuerySpec],
+    estimates: list[QueryEstimate],
+    users: list[str],
+    *,
+    api: ApiSession | None = None,
+    probed: bool = False,
+    after: dt.datetime | None = None,
+    notes: list[str],
+) -> RunPlan:
+    observed = api.transport.observed if api is not None and api.transport else []
+    window = (min(s.start for s in specs), max(s.end for s in specs)) if specs else None
+    if not specs:
+        notes.append("nothing to fetch: up to date")
+    ok = [o.elapsed_s for o in observed if 200 <= o.status < 300]
+    return RunPlan(
+        base_url=settings.base_url,
+        queries=tuple(estimates),
+        window=window,
+        slice_unit=settings.slice,
+        timezone=settings.timezone,
+        types=tuple(settings.type),
+        users=len(users),
+        batch_size=settings.user_batch_size,
+        team_list=_needs_team_list(settings),
+        probed=probed,
+        requests_sent=len(observed),
+        rate_interval_s=settings.rate.interval_s if settings.rate else None,
+        concurrency=settings.concurrency,
+        server_limit=_server_limit(observed),
+        latency_s=statistics.median(ok) if ok else None,
+        catch_up_after=after,
+        notes=tuple(notes),
+    )
+
+
+def _server_limit(observed: list[Observed]) -> ServerLimit | None:
+    """The advertised limit, and its window: the longest time-to-reset seen.
+
+    The headers give the limit and the time until the current window resets,
+    not the window's length; the first response of a window sees nearly all of
+    it, so the longest time-to-reset seen is the best estimate (rounded up to
+    a tenth of a second: resets are sent with millisecond slack).
+    """
+    limits = [o.limit for o in observed if o.limit]
+    resets = [o.reset_in_s for o in observed if o.reset_in_s is not None and o.reset_in_s > 0]
+    if not limits or not resets:
+        return None
+    return ServerLimit(limit=limits[-1], window_s=math.ceil(max(resets) * 10) / 10)
