@@ -2,6 +2,7 @@
 
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import anyio
@@ -69,3 +70,24 @@ async def test_readme_duckdb_one_liner_shows_per_user_totals(tmp_path: Path) -> 
     top_user = max(expected, key=lambda u: (expected[u], u))
     assert top_user in table
     assert str(expected[top_user]) in table
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_constraints_pin_every_dependency_ci_installs() -> None:
+    """constraints.txt pins (==) every runtime, parquet, postgres and dev dependency."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in ("dev", "parquet", "postgres"):
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
+    pinned = {}
+    for raw in (ROOT / "constraints.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pinned[name.lower().replace("_", "-")] = version
+    missing = sorted(n.split("[")[0] for n in wanted if n.split("[")[0] not in pinned)
+    assert not missing, f"add to constraints.txt: {missing}"
