@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
+import duckdb
 import pytest
 
 from fetcher.cli import ExitCode
@@ -81,40 +82,49 @@ async def test_multi_slice_export_with_both_types_and_all_users(tmp_path: Path) 
     assert oct(os.stat(tmp_path / "s.jsonl.state.json").st_mode & 0o777) == "0o600"
 
 
+async def kill_mid_run(args: list[str], state_path: Path, *, min_done: int) -> dict[str, Any]:
+    """Start the CLI, SIGKILL it once a checkpoint records `min_done` pages; return that state."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
+    env["SALESHANDY_API_KEY"] = KEY
+    process = await anyio.open_process([sys.executable, "-m", "fetcher", *args], env=env)
+    with anyio.fail_after(60):
+        while True:  # poll the checkpoint another process writes
+            await anyio.sleep(0.05)
+            if state_path.exists():  # noqa: ASYNC240
+                state = json.loads(state_path.read_text())  # noqa: ASYNC240
+                done = sum(
+                    high - low + 1
+                    for q in state["run"]["queries"].values()
+                    for low, high in q["done"]
+                )
+                if done >= min_done:
+                    break
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    await process.aclose()
+    state = json.loads(state_path.read_text())  # noqa: ASYNC240
+    assert state["run"]["status"] == "running"
+    return state
+
+
+def done_pages(state: dict[str, Any]) -> dict[str, set[int]]:
+    return {
+        key: {n for low, high in q["done"] for n in range(low, high + 1)}
+        for key, q in state["run"]["queries"].items()
+    }
+
+
 async def test_killed_run_resumes_without_refetching_done_pages(tmp_path: Path) -> None:
     """SIGKILL mid-run, then the same command: exact dataset, done pages not fetched again."""
     config = SimulatorConfig(seed=5, team_size=150, latency_ms=15)
     async with serve(config) as sim:
         out = tmp_path / "s.jsonl"
-        state_path = tmp_path / "s.jsonl.state.json"
         args = nightly_args(sim, out, "--concurrency", "3", "--checkpoint-interval", "0.05")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
-        env["SALESHANDY_API_KEY"] = KEY
-        process = await anyio.open_process([sys.executable, "-m", "fetcher", *args], env=env)
-        done_before: dict[str, set[int]] = {}
-        with anyio.fail_after(60):
-            while True:  # wait for a checkpoint with real progress, then kill -9
-                await anyio.sleep(0.05)
-                if state_path.exists():
-                    state = json.loads(state_path.read_text())
-                    done = sum(
-                        high - low + 1
-                        for q in state["run"]["queries"].values()
-                        for low, high in q["done"]
-                    )
-                    if done >= 60:
-                        break
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-        await process.aclose()
+        state = await kill_mid_run(args, tmp_path / "s.jsonl.state.json", min_done=60)
         killed_at = anyio.current_time()
-        state = json.loads(state_path.read_text())
-        assert state["run"]["status"] == "running"
         specs = specs_from_state(state)
-        for key, q in state["run"]["queries"].items():
-            done_before[key] = {n for low, high in q["done"] for n in range(low, high + 1)}
-        total_pages = len(specs) * 15
-        assert 60 <= sum(map(len, done_before.values())) < total_pages
+        done_before = done_pages(state)
+        assert 60 <= sum(map(len, done_before.values())) < len(specs) * 15
 
         result = await run_cli(args)
         assert result.returncode == 0, result.stderr
@@ -124,8 +134,40 @@ async def test_killed_run_resumes_without_refetching_done_pages(tmp_path: Path) 
             query = sim.query_key(specs[key].body(1))
             refetched = [e.page for e in events if e.query == query and e.page in pages]
             assert not refetched, f"done pages fetched again: {key} {refetched}"
-        report_line = result.stderr
-    assert "from the interrupted run" in report_line
+    assert "from the interrupted run" in result.stderr
+
+
+async def test_killed_duckdb_run_resumes_without_duplicate_rows(tmp_path: Path) -> None:
+    """SIGKILL mid-run into DuckDB, then the same command: every row once, none twice."""
+    config = SimulatorConfig(seed=8, team_size=150, latency_ms=15)
+    async with serve(config) as sim:
+        out = tmp_path / "s.duckdb"
+        args = nightly_args(sim, out, "--concurrency", "3", "--checkpoint-interval", "0.05")
+        state = await kill_mid_run(args, tmp_path / "s.duckdb.state.json", min_done=45)
+        specs = specs_from_state(state)
+        result = await run_cli(args)
+        assert result.returncode == 0, result.stderr
+        expected = {
+            (spec.type, spec.start.isoformat(timespec="milliseconds")): {
+                r["userId"]: r for r in sim.expected_rows(spec.body(1))
+            }
+            for spec in specs.values()
+        }
+    with duckdb.connect(str(out), read_only=True) as db:
+        rows = db.sql(
+            "SELECT type, window_start, user_id, count(*), any_value(prospect_added),"
+            " any_value(email_sent) FROM team_stats GROUP BY ALL"
+        ).fetchall()
+    assert len(rows) == sum(len(users) for users in expected.values())
+    for report_type, start, user, copies, added, sent in rows:
+        assert copies == 1
+        want = expected[
+            (
+                report_type,
+                start.astimezone(ZoneInfo("Europe/London")).isoformat(timespec="milliseconds"),
+            )
+        ][user]
+        assert (added, sent) == (want.get("prospectAdded"), want.get("emailSent"))
 
 
 async def test_second_run_on_the_same_output_is_refused_and_a_dead_lock_is_not(

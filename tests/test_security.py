@@ -29,21 +29,33 @@ from tests.integration import JAN_END, JAN_START
 SECRET = "sk_live_5f3b9c1e7a2d4f60b8e1c9d2"
 
 
+_MEASURE = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(r.returncode)"
+)
+
+
 async def fetcher_cli(
     args: list[str],
     *,
     key: str | None = SECRET,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    rss_file: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a subprocess with a clean environment plus `env`."""
+    """Run the CLI as a subprocess with a clean environment plus `env`.
+
+    With ``rss_file``, the CLI's peak resident memory (KiB) is written there.
+    """
     full = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
     if key is not None:
         full["SALESHANDY_API_KEY"] = key
     full.update(env or {})
-    result = await anyio.run_process(
-        [sys.executable, "-m", "fetcher", *args], env=full, check=False, cwd=cwd
-    )
+    command = [sys.executable, "-m", "fetcher", *args]
+    if rss_file is not None:
+        command = [sys.executable, "-c", _MEASURE, str(rss_file), *command]
+    result = await anyio.run_process(command, env=full, check=False, cwd=cwd)
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
@@ -253,13 +265,18 @@ async def test_crash_under_debug_does_not_print_the_key(tmp_path: Path) -> None:
 async def _hostile_run(
     kind: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[Any, subprocess.CompletedProcess[str]]:
+    rss = tmp_path / "rss"
     async with hostile_server(kind) as server:
-        with anyio.fail_after(60):
+        with anyio.fail_after(60):  # bounded time
             result = await fetcher_cli(
-                export_args(server.base_url, tmp_path, "--max-attempts", "2", *extra), env=env
+                export_args(server.base_url, tmp_path, "--max-attempts", "2", *extra),
+                env=env,
+                rss_file=rss,
             )
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr  # a clear error, not a crash
     assert result.returncode != 0
+    peak_mib = int(rss.read_text()) / 1024
+    assert peak_mib < 250, f"peak memory {peak_mib:.0f} MiB"  # bounded memory
     return server, result
 
 
