@@ -295,6 +295,15 @@ class Client:
         self, request: Request, spec: QuerySpec, number: int, ref: PageRef, timeouts: int
     ) -> Page:
         request = replace(request, timeout=self.timeouts.for_attempt(timeouts))
+        response = await self._send(request, ref)
+        return parse_page(response.content, query=spec, number=number, shape=self.shape)
+
+    async def _send(self, request: Request, ref: PageRef) -> Response:
+        """One request through the limiter; what it says feeds the limiter and timeouts.
+
+        Raises:
+            FetcherError: the status's error class (see :meth:`check_response`).
+        """
         async with self.limiter.slot():
             sent = time.monotonic()
             response = await self._transport.send(request)
@@ -305,7 +314,7 @@ class Client:
         except RateLimitedError as exc:
             self.limiter.refused(exc.retry_after, response.headers)
             raise
-        return parse_page(response.content, query=spec, number=number, shape=self.shape)
+        return response
 
     async def team_members(self) -> list[TeamMember]:
         """Every member of the team, from ``GET /v1/user/team-member-list``.
@@ -330,14 +339,7 @@ class Client:
         assert ref is not None
         async for attempt in self.retry.retrying(rng=self._rng):
             with attempt:
-                async with self.limiter.slot():
-                    response = await self._transport.send(request)
-                self.limiter.observe(response.status, response.headers)
-                try:
-                    self.check_response(response, ref)
-                except RateLimitedError as exc:
-                    self.limiter.refused(exc.retry_after, response.headers)
-                    raise
+                response = await self._send(request, ref)
                 members, problems = parse_team_members(response.content)
         if problems:
             log.warning(
