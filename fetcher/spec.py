@@ -10,7 +10,9 @@ renders the exact JSON body the vendor's reference page documents
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
@@ -175,11 +177,21 @@ class QuerySpec(BaseModel):
         assert self.order_by is not None  # set by the validator
         return self.order_by
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """A short stable identifier of this query, for logs, reports and checkpoints."""
+        """A short stable identifier of this query, for logs, reports and checkpoints.
+
+        Computed once per spec: it hashes the whole query, every user id included,
+        and every page, log line and checkpoint of the query asks for it.
+        """
         digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
         return f"{self.type}:{self.start.date()}..{self.end.date()}:{digest}"
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (see pydantic); the cached :attr:`key` is not carried over."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("key", None)
+        return copy
 
     def body(self, page: int) -> dict[str, Any]:
         """The JSON request body for one page, exactly as the reference page documents it.

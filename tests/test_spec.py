@@ -124,3 +124,14 @@ def test_key_is_stable_and_distinguishes_queries() -> None:
     assert make().key != make(type="email").key
     assert make().key != make(start=dt.datetime(2024, 1, 2, tzinfo=UTC)).key
     assert make().key.startswith("prospect:2024-01-01..2024-01-31:")
+
+
+def test_key_is_recomputed_for_a_changed_copy() -> None:
+    """A copy with another page size has its own key, not the original's cached one."""
+    spec = make()
+    original = spec.key
+    copy = spec.model_copy(update={"page_size": 1000})
+    assert copy.key != original
+    assert copy.key == make(page_size=1000).key
+    assert spec.key == original
+    assert "key" not in spec.model_dump()
