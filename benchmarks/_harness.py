@@ -1,19 +1,26 @@
-"""Shared benchmark plumbing: a simulator in its own process, timing, reporting.
+"""Shared benchmark plumbing: a simulator in its own process, measuring, reporting.
 
 The simulator runs as a separate process (``python -m fetcher.simulator``) so
 that its CPU does not compete with the contender's event loop, and every
 contender of a benchmark talks to the same server and dataset in the same run.
+
+Every contender runs as a process of its own too, measured by :func:`measure`:
+wall time, CPU seconds and peak memory of that process alone (``os.wait4``
+returns the child's own resource usage), with its RSS sampled as it runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,13 +101,173 @@ def run_cli(
     return time.perf_counter() - started, result
 
 
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment for a contender: the simulator's key, and no ``FETCHER_*`` leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")}
+    return env | {"SALESHANDY_API_KEY": KEY} | extra
+
+
+def optional(module: str) -> Any:
+    """Import an optional benchmark dependency (the ``bench`` extra), or ``None``.
+
+    Imported by name so that type checking does not depend on which extras
+    are installed (CI installs ``.[dev]`` only).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One process, measured.
+
+    Attributes:
+        wall_s: from start to exit.
+        cpu_s: user plus system CPU seconds of the process (and any child it waited for).
+        peak_rss_mb: its peak resident memory: the kernel's high-water mark of the
+            process (``VmHWM``), read as it runs; without ``/proc``, the largest
+            sampled RSS. (Not ``ru_maxrss``: a child started by vfork inherits the
+            parent's high-water mark there.)
+        sampled_peak_rss_mb: the largest RSS seen by psutil, sampled every
+            ``sample_s`` (``None`` without psutil).
+        samples: how many samples were taken.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    sampled_peak_rss_mb: float | None
+    samples: int
+    stdout: str
+    stderr: str
+
+    def check(self, what: str) -> None:
+        """Stop the benchmark if the process failed."""
+        if self.returncode != 0:
+            raise SystemExit(f"{what} failed ({self.returncode}): {self.stderr[-2000:]}")
+
+
+@dataclass
+class _Memory:
+    """What the sampler saw, in bytes."""
+
+    high_water: int = 0
+    rss_peak: int | None = None
+    samples: int = 0
+
+
+def _high_water(pid: int) -> int | None:
+    """The process's peak RSS so far (Linux ``VmHWM``), or ``None``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _sample_memory(pid: int, every_s: float, stop: threading.Event, seen: _Memory) -> None:
+    psutil = optional("psutil")
+    process = psutil.Process(pid) if psutil is not None else None
+    gone = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied) if psutil else ()
+    while not stop.is_set():
+        high = _high_water(pid)
+        if high is not None:
+            seen.high_water = max(seen.high_water, high)
+        if process is not None:
+            try:
+                rss = process.memory_info().rss
+            except gone:
+                return  # exited: what was seen until now stands
+            seen.rss_peak = max(seen.rss_peak or 0, rss)
+        seen.samples += 1
+        stop.wait(every_s)
+
+
+def measure(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    sample_s: float = 0.05,
+) -> Measured:
+    """Run ``argv`` to completion and measure it alone: wall, CPU, peak RSS.
+
+    The process's output goes to temporary files (a pipe could fill and stall it).
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
+        seen = _Memory()
+        stop = threading.Event()
+        sampler = threading.Thread(
+            target=_sample_memory, args=(process.pid, sample_s, stop, seen), daemon=True
+        )
+        sampler.start()
+        try:
+            # wait4, not wait: it returns this child's own CPU time.
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            stop.set()
+            sampler.join()
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    peak = seen.high_water or seen.rss_peak or 0
+    return Measured(
+        argv=tuple(argv),
+        returncode=process.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=peak / 2**20,
+        sampled_peak_rss_mb=None if seen.rss_peak is None else seen.rss_peak / 2**20,
+        samples=seen.samples,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def fetcher_argv(*args: str) -> list[str]:
+    """``python -m fetcher ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "fetcher", *args]
+
+
+def verdict(ok: bool) -> str:
+    """How a target is shown in a table."""
+    return "PASS" if ok else "FAIL"
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
     }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

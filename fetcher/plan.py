@@ -25,7 +25,11 @@ Rules of one query (:class:`QueryPlan`):
 :class:`Schedule` interleaves many queries over one pool of workers: it
 prefers pages of queries already started (so they finish, and memory and
 checkpoints stay small) and starts the next query when none of those has a
-page to hand out.
+page to hand out, but no more queries waiting for their first page than
+``max_opening`` (the requests allowed in flight: more would only queue for a
+request slot). It hands out nothing while finished queries hold ``max_held``
+pages that the writer has not taken yet: a slow sink sets the pace instead of
+filling memory.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 from fetcher.errors import FetcherError, ResponseError
@@ -103,13 +108,18 @@ class QueryPlan:
 
     @property
     def key(self) -> str:
-        """The query's key (see :attr:`QuerySpec.key`)."""
+        """The query's key (see :attr:`QuerySpec.key`, computed once per spec)."""
         return self.spec.key
 
     @property
     def started(self) -> bool:
         """Whether any page of this query has been handed out."""
         return self._next > 1
+
+    @property
+    def opening(self) -> bool:
+        """Page 1 is out and not back yet: the query's size is unknown."""
+        return self._next > 1 and not self._page_one_back
 
     @property
     def finished(self) -> bool:
@@ -249,12 +259,14 @@ def consolidate(
     winners: dict[Any, tuple[int, dict[str, Any]]] = {}
     rows = 0
     for page in own:
-        for record in page.records:
-            user = record.get(user_id_field)
-            if user is None:
-                raise missing_user_id(record, user_id_field, page.ref)
-            winners[user] = (page.number, record)
-            rows += 1
+        # A page at a time, in C where it can be (this runs for every record).
+        records = page.records
+        users = [record.get(user_id_field) for record in records]
+        if None in users:
+            record = records[users.index(None)]
+            raise missing_user_id(record, user_id_field, page.ref)
+        winners.update(zip(users, zip(repeat(page.number), records), strict=True))
+        rows += len(records)
     duplicates = rows - len(winners)
     for page in extra:
         for record in page.records:
@@ -276,7 +288,11 @@ def deliverable(plan: QueryPlan, outcome: Consolidation, extra: Iterable[Page] =
     """The query's pages in order, each holding only the rows that won, ready to write."""
     end = plan.end if plan.end is not None else math.inf
     pages = [plan.pages[n] for n in sorted(plan.pages) if n <= end]
-    pages.extend(extra)
+    repairs = list(extra)
+    if not outcome.duplicates and not repairs:
+        # No user twice on the query's pages and nothing re-read: every record won.
+        return pages
+    pages.extend(repairs)
     # The winners are the very record objects held in the pages: keep those.
     winning = {id(record) for _, record in outcome.winners.values()}
     out = []
@@ -293,11 +309,23 @@ class Schedule:
     pending: deque[QueryPlan]
     active: list[QueryPlan] = field(default_factory=list)
     finished_plans: list[QueryPlan] = field(default_factory=list)
+    #: the most queries waiting for their first page at once (``None``: no limit)
+    max_opening: int | None = None
+    #: pages of finished queries the writer has not taken yet (the runner counts them)
+    held: int = 0
+    #: no page is handed out while this many are held (``None``: no limit)
+    max_held: int | None = None
 
     @classmethod
-    def of(cls, plans: Iterable[QueryPlan]) -> Schedule:
+    def of(
+        cls,
+        plans: Iterable[QueryPlan],
+        *,
+        max_opening: int | None = None,
+        max_held: int | None = None,
+    ) -> Schedule:
         """A schedule over ``plans``, started in the given order."""
-        return cls(pending=deque(plans))
+        return cls(pending=deque(plans), max_opening=max_opening, max_held=max_held)
 
     @property
     def plans(self) -> list[QueryPlan]:
@@ -310,13 +338,19 @@ class Schedule:
         return not self.pending and not self.active
 
     def take(self) -> tuple[QueryPlan, int] | None:
-        """The next job, or ``None`` when every page is handed out or waiting on page 1."""
+        """The next job, or ``None`` when there is none to hand out now.
+
+        That is: every page is handed out, or the started queries wait on page 1
+        and no other may start yet, or the writer is behind (see ``max_held``).
+        """
         self._retire()
+        if self.max_held is not None and self.held >= self.max_held:
+            return None  # the writer is behind: fetching more would only fill memory
         for plan in self.active:
             number = plan.take()
             if number is not None:
                 return plan, number
-        while self.pending:
+        while self.pending and self._may_open():
             plan = self.pending.popleft()
             self.active.append(plan)
             number = plan.take()
@@ -324,6 +358,14 @@ class Schedule:
                 return plan, number
         self._retire()
         return None
+
+    def _may_open(self) -> bool:
+        # Each started query holds its pages until it is whole, so no more
+        # start than can have their first page in flight at once: more would
+        # only queue for a request slot.
+        if self.max_opening is None:
+            return True
+        return sum(plan.opening for plan in self.active) < self.max_opening
 
     def _retire(self) -> None:
         still: list[QueryPlan] = []

@@ -287,15 +287,20 @@ class Paginator:
         self.client = client
         self.concurrency = concurrency or client.concurrency
         self.workers = 2 * self.concurrency
+
+        def plan_of(spec: QuerySpec) -> QueryPlan:
+            if not skip:
+                return QueryPlan(spec, max_pages=max_pages)
+            key = spec.key
+            done = skip.get(key, frozenset())
+            end, total = known.get(key, (None, None)) if done else (None, None)
+            return QueryPlan(spec, max_pages=max_pages, skip=done, end=end, total_pages=total)
+
+        # Started queries hold their pages until written: start no more than helps.
         self.schedule = Schedule.of(
-            QueryPlan(
-                spec,
-                max_pages=max_pages,
-                skip=skip.get(spec.key, frozenset()),
-                end=known.get(spec.key, (None, None))[0] if skip.get(spec.key) else None,
-                total_pages=known.get(spec.key, (None, None))[1] if skip.get(spec.key) else None,
-            )
-            for spec in specs
+            (plan_of(spec) for spec in specs),
+            max_opening=self.concurrency,
+            max_held=self.workers,
         )
         self.fatal: FetcherError | None = None
         self.requests = 0
@@ -396,12 +401,17 @@ class Paginator:
                 plan.complete(page)
                 self._notify()
             if plan.finished and not plan.finalized:
+                held = len(plan.pages)  # until they are sent (see Schedule.max_held)
+                schedule.held += held
                 try:
                     await self._finalize(plan, send)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     # The reader went away (the iterator was closed): stop quietly.
                     tg.cancel_scope.cancel()
                     return
+                finally:
+                    schedule.held -= held
+                    self._notify()
 
     def _check_shape(self, page: Page) -> None:
         """Hold every page to the shape of the run's first one (and of the last run).

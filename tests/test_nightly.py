@@ -102,9 +102,9 @@ async def kill_mid_run(args: list[str], state_path: Path, *, min_done: int) -> d
         process.send_signal(signal.SIGKILL)
         await process.wait()
     await process.aclose()
-    state = json.loads(state_path.read_text())  # noqa: ASYNC240
-    assert state["run"]["status"] == "running"
-    return state
+    final: dict[str, Any] = json.loads(state_path.read_text())  # noqa: ASYNC240
+    assert final["run"]["status"] == "running"
+    return final
 
 
 def done_pages(state: dict[str, Any]) -> dict[str, set[int]]:

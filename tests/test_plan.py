@@ -158,3 +158,27 @@ def test_schedule_prefers_started_queries() -> None:
     assert schedule.take() is None
     assert schedule.finished
     assert schedule.finished_plans == [b, a]
+
+
+def test_schedule_opens_no_more_queries_than_may_have_page_one_in_flight() -> None:
+    """At most max_opening queries wait for page 1; another starts when one is back."""
+    a, b, c = QueryPlan(spec()), QueryPlan(spec(page_size=5)), QueryPlan(spec(page_size=7))
+    schedule = Schedule.of([a, b, c], max_opening=2)
+    assert schedule.take() == (a, 1)
+    assert schedule.take() == (b, 1)
+    assert schedule.take() is None  # c would only queue for a request slot
+    a.complete(page(a, 1, 10, total_pages=2))
+    assert schedule.take() == (a, 2)
+    assert schedule.take() == (c, 1)
+
+
+def test_schedule_hands_out_nothing_while_the_writer_is_behind() -> None:
+    """While finished queries hold max_held pages for the writer, no page goes out."""
+    a, b = QueryPlan(spec()), QueryPlan(spec(page_size=5))
+    schedule = Schedule.of([a, b], max_held=3)
+    assert schedule.take() == (a, 1)
+    a.complete(page(a, 1, 10, total_pages=2))
+    schedule.held = 3  # the runner counts the pages it has not handed to the writer
+    assert schedule.take() is None
+    schedule.held = 2
+    assert schedule.take() == (a, 2)

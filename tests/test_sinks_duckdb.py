@@ -206,3 +206,19 @@ async def test_resumed_run_fetches_only_what_is_missing(tmp_path: Path) -> None:
     second = await tabular.export_slices(tabular.CLEAN, DuckDBSink(path), state=state, output="db")
     tabular.assert_resumed(second)
     tabular.assert_same_table(read_table(path), second.expected)
+
+
+async def test_pages_of_new_keys_are_inserted_and_a_known_key_switches_to_upserts(
+    tmp_path: Path,
+) -> None:
+    """Fresh keys are inserted; a key already there makes that page and later ones upserts."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path) as sink:
+        await sink.write(page(1, {"userId": "a", "prospectAdded": 1}))
+        assert not sink._upserting
+        await sink.write(page(2, {"userId": "b", "prospectAdded": 2}, {"userId": "a", "opened": 5}))
+        assert sink._upserting
+        await sink.write(page(3, {"userId": "c", "prospectAdded": 3}))
+    rows = {r["user_id"]: r for r in read_table(path)}
+    assert sorted(rows) == ["a", "b", "c"]
+    assert (rows["a"]["prospect_added"], rows["a"]["opened"]) == (None, 5)

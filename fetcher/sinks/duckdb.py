@@ -24,6 +24,17 @@ The rows of a page go to DuckDB as one list per column, unnested in a single
 ``INSERT ... SELECT``: DuckDB binds a handful of lists far faster than a
 thousand rows of parameters (``executemany`` costs seconds per thousand rows).
 
+Each page is one statement and one commit, and in DuckDB a statement has a
+fixed cost that dwarfs a small page's rows: planning alone is about 3 ms for
+the upsert, which DuckDB rewrites into a ``MERGE`` (a join against the table
+and a grouping); the commit is about 0.3 ms. So the sink first tries a plain
+``INSERT`` (about 2.5x cheaper): a fresh window's keys are new. If a key is
+there already (a re-run, a resumed run) DuckDB refuses the whole statement,
+the transaction is rolled back, and that page and every later one is upserted
+instead; the table ends the same either way. The connection runs DuckDB with
+one thread: one writer of small transactions gains nothing from parallel
+plans, whose threads would compete with the fetch for the CPU.
+
 DuckDB's Python API blocks, so every call runs in a worker thread
 (:func:`anyio.to_thread.run_sync`). A ``CapacityLimiter(1)`` admits one call
 at a time: the sink holds one connection, which must not be used from two
@@ -93,6 +104,26 @@ def _upsert_sql(table: str) -> str:
     return f"INSERT INTO {quote_ident(table)} ({names}) SELECT {', '.join(select)} {upsert_tail()}"
 
 
+def _insert_sql(table: str) -> str:
+    """:func:`_upsert_sql` without its ``ON CONFLICT`` clause: for keys not in the table."""
+    return _upsert_sql(table).partition(" ON CONFLICT ")[0]
+
+
+def _in_transaction(connection: duckdb.DuckDBPyConnection, sql: str, parameters: Any) -> None:
+    """Run ``sql`` in a transaction of its own; roll it back if anything fails."""
+    import duckdb  # noqa: PLC0415
+
+    connection.begin()
+    try:
+        connection.execute(sql, parameters)
+        connection.commit()
+    except BaseException:
+        # The transaction may be gone already; the caller's error says why.
+        with contextlib.suppress(duckdb.Error):
+            connection.rollback()
+        raise
+
+
 def _parameters(page_rows: list[tuple[Any, ...]]) -> list[Any]:
     """The upsert's parameters: the first row's per-page values, lists for the rest."""
     columns = list(zip(*page_rows, strict=True))
@@ -118,6 +149,9 @@ class DuckDBSink:
         self._connection: duckdb.DuckDBPyConnection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._sql = _upsert_sql(self.table)
+        self._insert_sql = _insert_sql(self.table)
+        # Set at the first key already in the table: from then on, pages are upserted.
+        self._upserting = False
 
     def __repr__(self) -> str:
         return f"DuckDBSink({str(self.path)!r}, table={self.table!r})"
@@ -137,6 +171,7 @@ class DuckDBSink:
         self._limiter = anyio.CapacityLimiter(1)
         self._connection = await self._run(self._open)
         self.records = 0
+        self._upserting = False
         return self
 
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -162,6 +197,7 @@ class DuckDBSink:
         import duckdb  # noqa: PLC0415
 
         try:
+            connection.execute("SET threads = 1")
             connection.execute(create_table_sql(self.table, DUCKDB_TYPES))
             self._check_table(connection)
             # Bind the upsert once with no rows: a table without the key
@@ -202,14 +238,17 @@ class DuckDBSink:
 
         connection = self._connection
         assert connection is not None, "use the sink as an async context manager"
+        parameters = _parameters(page_rows)
         try:
-            connection.begin()
-            connection.execute(self._sql, _parameters(page_rows))
-            connection.commit()
+            if not self._upserting:
+                try:
+                    _in_transaction(connection, self._insert_sql, parameters)
+                except duckdb.ConstraintException:
+                    self._upserting = True  # some keys are there already
+                else:
+                    return
+            _in_transaction(connection, self._sql, parameters)
         except duckdb.Error as exc:
-            # The transaction may be gone already; the error below says why.
-            with contextlib.suppress(duckdb.Error):
-                connection.rollback()
             raise SinkError(
                 f"DuckDB could not write to table {self.table!r} in {self.path}: {exc}",
                 page=page.ref,

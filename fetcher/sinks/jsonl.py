@@ -39,17 +39,20 @@ log = structlog.get_logger("fetcher.sinks.jsonl")
 
 def encode_page(page: Page) -> bytes:
     """Encode a page's records as JSON lines, provenance fields appended."""
-    # Splice the page's provenance (encoded once) into each encoded record:
-    # much cheaper than building a merged dict per record.
-    tail = b"," + orjson.dumps(provenance(page))[1:]
-    dumps = orjson.dumps
-    lines = []
-    for record in page.records:
-        encoded = dumps(record)
-        lines.append(encoded[:-1] + tail if len(encoded) > 2 else b"{" + tail[1:])
-    if not lines:
+    records = page.records
+    if not records:
         return b""
-    return b"\n".join(lines) + b"\n"
+    # Splice the page's provenance (encoded once) into each encoded record:
+    # much cheaper than building a merged dict per record. Each record loses
+    # its closing brace, and the separator brings it back with the provenance.
+    tail = b"," + orjson.dumps(provenance(page))[1:] + b"\n"
+    if all(records):
+        return tail.join([encoded[:-1] for encoded in map(orjson.dumps, records)]) + tail
+    # An empty record ({}) must not get a comma before the provenance.
+    return b"".join(
+        encoded[:-1] + tail if len(encoded) > 2 else b"{" + tail[1:]
+        for encoded in map(orjson.dumps, records)
+    )
 
 
 class JsonlSink:

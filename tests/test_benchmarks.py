@@ -1,0 +1,83 @@
+"""The benchmark harness works end to end (tiny sizes; nothing about speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._harness import measure
+from benchmarks.run import Run, have_dlt, jsonl_counts, pages_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_lines(stdout: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[len("BENCH ") :])
+        for line in stdout.splitlines()
+        if line.startswith("BENCH ")
+    ]
+
+
+@pytest.mark.slow
+def test_quick_scenario_a_runs_every_contender_to_a_complete_output() -> None:
+    """`python -m benchmarks.run --quick --scenario a` runs every contender to a whole output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenario", "a"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(a) latency-bound" in result.stdout
+    [line] = bench_lines(result.stdout)
+    assert line["benchmark"] == "scenario_a"
+    assert line["machine"]["cpus"] >= 1
+    names = [run["name"] for run in line["runs"]]
+    with_dlt = have_dlt()
+    assert names == ["fetcher", "fetcher -c1", "aiohttp", *(["dlt"] if with_dlt else [])]
+    for run in line["runs"]:
+        assert run["complete"], run
+        assert run["records"] == run["expected"] == 200
+        assert run["peak_rss_mb"] > 0
+    if not with_dlt:
+        assert "skipped: dlt not installed" in result.stdout
+
+
+def test_measure_reports_the_childs_own_memory_and_cpu() -> None:
+    """measure() reports the child's exit code, CPU and peak memory, not the parent's."""
+    code = "import time; x = bytearray(80 * 2**20); time.sleep(0.3); raise SystemExit(3)"
+    measured = measure([sys.executable, "-c", code])
+    assert measured.returncode == 3
+    assert measured.cpu_s > 0
+    assert 80 <= measured.peak_rss_mb < 400
+    assert measured.samples >= 1
+
+
+def test_completeness_counts_a_repeated_row_once(tmp_path: Path) -> None:
+    """A contender that writes a row twice (or misses one) is not complete."""
+    out = tmp_path / "out.jsonl"
+    rows = [
+        {"userId": "a", "_window_start": "2024-01-01"},
+        {"userId": "b", "_window_start": "2024-01-01"},
+        {"userId": "a", "_window_start": "2024-01-01"},
+    ]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    records, distinct = jsonl_counts(out)
+    assert (records, distinct) == (3, 2)
+    run = Run("x", measure([sys.executable, "-c", "pass"]), 3, records, distinct, None, 0, 0)
+    assert not run.complete
+
+
+def test_pages_of_pages_each_user_batch_on_its_own() -> None:
+    """The page count follows fetcher's user batches: 2,500 users in 1,000s at 10 a page."""
+    assert pages_of(2500, 10) == 250
+    assert pages_of(2005, 10) == 201
+    assert pages_of(50_000, 1000, batch=1000) == 50
