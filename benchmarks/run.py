@@ -93,7 +93,7 @@ FULL: Final = Sizes(
     limit=40,
     window_s=1.0,
     big_team=50_000,
-    big_days=4,
+    big_days=10,
     scale_team=10_000,
     scale_days=20,
 )

@@ -42,7 +42,6 @@ import anyio
 import structlog
 
 from fetcher._version import __version__
-from fetcher.check import check_api
 from fetcher.errors import (
     AuthError,
     ConfigError,
@@ -60,7 +59,6 @@ from fetcher.errors import (
 )
 from fetcher.job import run_job
 from fetcher.logs import LogFormat, RedactSecrets, configure_logging
-from fetcher.planning import make_plan
 from fetcher.progress import ProgressDisplay, current_stderr, wants_progress
 from fetcher.runner import Paginator, RunSummary
 from fetcher.settings import ExportSettings, load_settings, resolve_api_key
@@ -520,6 +518,8 @@ async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
 
 
 async def _plan(settings: ExportSettings, *, probe: bool, as_json: bool) -> ExitCode:
+    from fetcher.planning import make_plan  # noqa: PLC0415  (only for this command)
+
     plan = await make_plan(settings, probe=probe)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))  # noqa: T201  (the command's output)
@@ -530,6 +530,8 @@ async def _plan(settings: ExportSettings, *, probe: bool, as_json: bool) -> Exit
 
 
 async def _check(settings: ExportSettings) -> ExitCode:
+    from fetcher.check import check_api  # noqa: PLC0415  (only for this command)
+
     result = await check_api(settings)
     if result.ok:
         print(f"fetcher check: {result.message}")  # noqa: T201  (the command's output)

@@ -14,19 +14,21 @@ what it saw with :meth:`Limiter.observe`. Four things decide a turn:
    the last ``remaining`` minus the requests still in flight (they may count
    against it), minus each request it lets go. At zero, every worker waits
    for the reset; at the reset the budget is ``x-ratelimit-limit`` again.
-4. **Pace**: a minimum interval between requests, from the configured rate
-   (``--rate-limit 30/min``) and, on top, an adaptive pace for servers that
-   send no headers: a refusal sets the pace to the throughput that led to it,
-   halved; each run of successes speeds it up again by a quarter, until it
-   is off.
+4. **The configured rate** (``--rate-limit 30/min``), as a sliding window: at
+   most 30 requests in *any* 60 seconds. Any fixed window the server counts
+   in lies inside one such span, so the server never sees more than 30 in a
+   window, and the whole quota can still go out at once when a window opens.
+5. **Pace**: on top, an adaptive minimum interval for servers that send no
+   headers: a refusal sets it to half the throughput that led to it; each run
+   of successes speeds it up again by a quarter, until it is off.
 
-Why not aiolimiter's leaky bucket for the configured rate: it lets a burst of
+Why not aiolimiter for the configured rate: its leaky bucket lets a burst of
 ``max_rate`` through and then the steady rate, so in the first window of a
-fixed-window server it sends up to twice the limit and gets refused. An even
-interval (a bucket of capacity 1) cannot exceed the limit in any window; that
-is one subtraction, and it must change at run time for the adaptive pace,
-which no library offers. The clock and sleep are injectable so that all of
-this is tested on a fake clock.
+fixed-window server it sends up to twice the limit and is refused; with a
+bucket of one it cannot exceed the limit but spaces requests evenly, which
+wastes a window's quota (0.75 of the limit, measured). The sliding window is
+a deque of the last N send times. The clock and sleep are injectable so that
+all of this is tested on a fake clock.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import email.utils
 import math
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -106,6 +109,16 @@ class Rate:
     def interval_s(self) -> float:
         """Seconds between two requests at this rate."""
         return self.period_s / self.requests
+
+    @property
+    def window(self) -> tuple[int, float]:
+        """``(n, seconds)``: at most ``n`` requests in any span of ``seconds``.
+
+        A fractional rate keeps its average: ``2.5/s`` is 2 per 0.8 s,
+        ``0.5/s`` is 1 per 2 s.
+        """
+        n = max(1, math.floor(self.requests))
+        return n, self.period_s * n / self.requests
 
     @property
     def per_second(self) -> float:
@@ -214,6 +227,9 @@ class Limiter:
         self._slots = anyio.Semaphore(max_in_flight)
         self._in_flight = 0
         self._last_send = -math.inf
+        # The configured rate's sliding window: the times of the last n sends.
+        self._window_n, self._window_s = rate.window if rate else (0, 0.0)
+        self._sent: deque[float] = deque(maxlen=max(self._window_n, 1))
         self._paused_until = -math.inf
         # Server window: budget left and when it resets (monotonic), limit per window.
         self._budget: int | None = None
@@ -240,7 +256,7 @@ class Limiter:
 
     @property
     def interval_s(self) -> float:
-        """The current minimum interval between two requests."""
+        """The current average interval between requests: the configured rate's or the pace's."""
         configured = self.rate.interval_s if self.rate else 0.0
         return max(configured, self._adaptive_interval or 0.0)
 
@@ -348,7 +364,10 @@ class Limiter:
             elif self._budget is not None and self._budget <= 0 and self._window_reset is not None:
                 delay = self._window_reset + self._margin - now
             else:
-                next_at = self._last_send + self.interval_s
+                next_at = self._last_send + (self._adaptive_interval or 0.0)
+                if self._window_n and len(self._sent) == self._window_n:
+                    # The oldest of the last n sends must be a whole span ago.
+                    next_at = max(next_at, self._sent[0] + self._window_s + self._margin)
                 if now < next_at:
                     delay = next_at - now
             if delay <= 0:
@@ -359,5 +378,7 @@ class Limiter:
             self.stats.waits += 1
             self.stats.waited_s += self._clock() - started
         self._last_send = self._clock()
+        if self._window_n:
+            self._sent.append(self._last_send)
         if self._budget is not None:
             self._budget -= 1

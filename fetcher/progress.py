@@ -56,13 +56,12 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
 
 import anyio
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.table import Table
+
     from fetcher.runner import Paginator, QueryView, RunSnapshot
 
 __all__ = [
@@ -247,6 +246,8 @@ def _line(*cells: RenderableType) -> Table:
     whole); a frame line longer than the terminal would then wrap on screen and
     throw the in-place redraw off by a line. Grid cells crop instead.
     """
+    from rich.table import Table  # noqa: PLC0415  (rich loads only when a display is shown)
+
     grid = Table.grid(padding=(0, 2))
     for _ in cells:
         grid.add_column(no_wrap=True, overflow="ellipsis")
@@ -269,6 +270,11 @@ def render(
         requests_per_s: recent requests per second, shown as is.
         now: the current epoch time.
     """
+    from rich.console import Group  # noqa: PLC0415  (rich loads only when a display is shown)
+    from rich.progress_bar import ProgressBar  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
     total = snapshot.pages_total
     unsized = snapshot.queries_unsized
     share = f"{snapshot.pages_done / total:.0%}" if total and not unsized else ""
@@ -349,6 +355,8 @@ class ProgressDisplay:
     ) -> None:
         # soft_wrap: a log line printed above the display is not cut into
         # pieces at the terminal's width (the frame's own lines crop, see _line).
+        from rich.console import Console  # noqa: PLC0415  (only when a display is shown)
+
         self.console = console if console is not None else Console(file=sys.stderr, soft_wrap=True)
         self.interval_s = interval_s
         self._clock = clock
@@ -370,6 +378,8 @@ class ProgressDisplay:
 
     async def __call__(self, paginator: Paginator) -> None:
         """Redraw until cancelled (the runner cancels it when the fetch ends)."""
+        from rich.live import Live  # noqa: PLC0415  (only when a display is shown)
+
         live = Live(
             console=self.console,
             auto_refresh=False,  # redrawn from this task: no thread of rich's own

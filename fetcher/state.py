@@ -140,6 +140,9 @@ class RunState:
     status: StateStatus = "running"
     queries: dict[str, QueryProgress] = field(default_factory=dict)
     sink: dict[str, Any] | None = None
+    #: each user batch once, by digest (queries name theirs): a year of daily
+    #: slices shares a handful of batches, and the file stays small
+    users: dict[str, list[str]] = field(default_factory=dict)
     ledger: dict[str, str] = field(default_factory=dict)
     shape: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
@@ -183,6 +186,7 @@ class RunState:
                 for key, value in (run.get("queries") or {}).items()
             },
             sink=run.get("sink"),
+            users={str(k): list(v) for k, v in (run.get("users") or {}).items()},
             ledger={str(k): str(v) for k, v in (data.get("ledger") or {}).items()},
             shape=dict(data.get("shape") or {}),
             started_at=str(run.get("started_at", "")),
@@ -199,6 +203,7 @@ class RunState:
                 "started_at": self.started_at,
                 "updated_at": self.updated_at,
                 "sink": self.sink,
+                "users": self.users,
                 "queries": {key: q.to_json() for key, q in self.queries.items()},
             },
             "ledger": self.ledger,
@@ -229,6 +234,12 @@ class RunState:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+    def spec_of(self, key: str) -> dict[str, Any]:
+        """A query's spec as recorded, its user ids filled back in."""
+        described = dict(self.queries[key].spec)
+        described["user_ids"] = self.users[described.pop("users")]
+        return described
 
     def done_pages(self) -> dict[str, frozenset[int]]:
         """Per query key, the pages already durably written."""
@@ -352,7 +363,11 @@ class Checkpointer:
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
         for spec in specs:
-            state.queries[spec.key] = QueryProgress(spec=spec.model_dump(mode="json"))
+            described = spec.model_dump(mode="json", exclude={"user_ids"})
+            batch = hashlib.sha256("\n".join(spec.user_ids).encode()).hexdigest()[:16]
+            state.users.setdefault(batch, list(spec.user_ids))
+            described["users"] = batch
+            state.queries[spec.key] = QueryProgress(spec=described)
         return cls(state, interval_s=interval_s)
 
     def restart(self) -> None:

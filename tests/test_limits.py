@@ -65,16 +65,32 @@ def test_parse_reset_formats() -> None:
     assert parse_reset("whenever", now_wall=now) is None
 
 
-async def test_configured_rate_spaces_requests_evenly() -> None:
-    """10/s lets one request go every 0.1 s: never a burst above the rate."""
+async def test_configured_rate_is_a_sliding_window() -> None:
+    """10/s: a window's whole quota may go at once, but never more than 10 in any second."""
     clock = FakeClock()
-    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=50)
+    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=50, margin_s=0.0)
     async with clock.running():
         times = await send_times(limiter, clock, 25)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(g == pytest.approx(0.1) for g in gaps)
-    # In any 1-second window there are at most 10 requests.
+    assert times == [1000.0] * 10 + [1001.0] * 10 + [1002.0] * 5
+    # In any 1-second span there are at most 10 requests.
     assert max(sum(1 for t in times if s <= t < s + 1) for s in times) == 10
+
+
+async def test_sliding_window_keeps_a_margin_after_the_span() -> None:
+    """The next burst waits the span plus the margin, for clock and arrival slack."""
+    clock = FakeClock()
+    limiter = make(clock, rate=Rate.parse("2/s"), max_in_flight=5, margin_s=0.05)
+    async with clock.running():
+        times = await send_times(limiter, clock, 4)
+    assert times == [1000.0, 1000.0, pytest.approx(1001.05), pytest.approx(1001.05)]
+
+
+def test_fractional_rates_keep_their_average() -> None:
+    """0.5/s is one request per 2 s; 2.5/s is two per 0.8 s."""
+    assert Rate.parse("0.5/s").window == (1, 2.0)
+    n, span = Rate.parse("2.5/s").window
+    assert (n, round(span, 9)) == (2, 0.8)
+    assert Rate.parse("30/min").window == (30, 60.0)
 
 
 async def test_in_flight_cap() -> None:

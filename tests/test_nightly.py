@@ -50,7 +50,14 @@ def by_query(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def specs_from_state(state: dict[str, Any]) -> dict[str, QuerySpec]:
-    return {key: QuerySpec(**q["spec"]) for key, q in state["run"]["queries"].items()}
+    """The run's queries, as its state file records them (each user batch stored once)."""
+    batches = state["run"]["users"]
+    specs = {}
+    for key, query in state["run"]["queries"].items():
+        described = dict(query["spec"])
+        described["user_ids"] = batches[described.pop("users")]
+        specs[key] = QuerySpec(**described)
+    return specs
 
 
 def assert_complete_export(sim: RunningSimulator, out: Path, specs: dict[str, QuerySpec]) -> None:
