@@ -307,7 +307,10 @@ class Checkpointer:
         self.resumed = resumed
         self.resumed_pages = sum(len(q.done) for q in state.queries.values()) if resumed else 0
         self.resumed_records = sum(q.records for q in state.queries.values()) if resumed else 0
-        self._pending: list[Page] = []
+        # (query key, page number, records) of pages written since the last
+        # checkpoint: not the pages themselves, which would keep up to a second's
+        # worth of records alive after the sink has them.
+        self._pending: list[tuple[str, int, int]] = []
         self._last = time.monotonic()
         self.commits = 0
 
@@ -397,7 +400,7 @@ class Checkpointer:
 
     def written(self, page: Page) -> None:
         """A page was handed to the sink; it is done at the next checkpoint."""
-        self._pending.append(page)
+        self._pending.append((page.query.key, page.number, len(page.records)))
 
     def due(self) -> bool:
         """Whether enough time has passed for a checkpoint."""
@@ -414,11 +417,11 @@ class Checkpointer:
             return
         token = await checkpoint()
         state = self.state
-        for page in self._pending:
-            progress = state.queries.get(page.query.key)
+        for key, number, records in self._pending:
+            progress = state.queries.get(key)
             if progress is not None:
-                progress.done.add(page.number)
-                progress.records += len(page.records)
+                progress.done.add(number)
+                progress.records += records
         for plan in plans:
             progress = state.queries.get(plan.key)
             if progress is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import signal
 import sys
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ import duckdb
 import pytest
 
 from fetcher.cli import ExitCode
+from fetcher.models import Page
 from fetcher.settings import load_settings
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from fetcher.spec import QuerySpec
+from fetcher.state import Checkpointer, RunState
 from tests.integration import KEY, assert_same_rows, read_jsonl
 from tests.test_cli import run_cli
 
@@ -351,3 +355,42 @@ async def test_unknown_key_in_config_exits_2_naming_file_and_key(tmp_path: Path)
     result = await run_cli(["export", "--config", str(config), "--out", str(tmp_path / "x.jsonl")])
     assert result.returncode == ExitCode.USAGE
     assert "bad.toml: key 'windw'" in result.stderr
+
+
+class _Record(dict[str, Any]):
+    """A record that can be watched with a weak reference (a plain dict cannot)."""
+
+
+class _DurableSink:
+    """Just enough of a sink for a checkpoint: it says its output is durable."""
+
+    async def checkpoint(self) -> dict[str, Any]:
+        return {"offset": 1}
+
+
+async def test_a_written_page_is_not_kept_alive_until_its_checkpoint(tmp_path: Path) -> None:
+    """Between checkpoints only a page's key, number and count are held, not its records.
+
+    Held pages would keep up to a checkpoint interval's records in memory after the
+    sink has them (a second of a fast run: thousands of pages).
+    """
+    spec = QuerySpec(
+        user_ids=("u1", "u2"),
+        start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        end=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+        type="prospect",
+        page_size=1,
+    )
+    checkpoint = Checkpointer.open(tmp_path / "state.json", [spec], output="out.jsonl")
+    record = _Record(userId="u1")
+    watched = weakref.ref(record)
+    checkpoint.written(Page(spec, 1, [record]))
+    del record
+    gc.collect()
+    assert watched() is None
+
+    await checkpoint.commit(_DurableSink(), [])  # type: ignore[arg-type]
+    progress = RunState.load(tmp_path / "state.json")
+    assert progress is not None
+    assert progress.queries[spec.key].done == {1}
+    assert progress.queries[spec.key].records == 1

@@ -87,6 +87,12 @@ DUCKDB_TYPES: Final[Mapping[ColumnKind, str]] = {
     "json": "JSON",
 }
 
+#: How much write-ahead log DuckDB gathers before it checkpoints it into the file
+#: (DuckDB's default is 16 MB). A checkpoint's memory grows with the table and its
+#: key index; smaller, more frequent checkpoints keep a long run's peak lower
+#: (20,000 pages: 161 -> 146 MB measured, at no measurable cost in time).
+CHECKPOINT_THRESHOLD: Final = "1MB"
+
 # Columns that are the same for every row of a page: bound once as scalars.
 _PER_PAGE: Final = frozenset({"window_start", "window_end", "type", "count_by", "fetched_at"})
 
@@ -198,6 +204,7 @@ class DuckDBSink:
 
         try:
             connection.execute("SET threads = 1")
+            connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
             connection.execute(create_table_sql(self.table, DUCKDB_TYPES))
             self._check_table(connection)
             # Bind the upsert once with no rows: a table without the key
