@@ -98,7 +98,9 @@ class RunPlan:
         team_list: whether the export fetches the team member list (one request).
         probed: whether page 1 of each query was fetched.
         requests_sent: requests this plan sent (probes and the team list).
-        rate_interval_s: the configured ``--rate-limit``'s interval, if any.
+        rate_interval_s: the configured ``--rate-limit``'s average interval, if any.
+        rate_window: the configured rate as the limiter enforces it: at most ``n``
+            requests in any span of ``seconds`` (see :attr:`fetcher.limits.Rate.window`).
         concurrency: requests in flight.
         server_limit: the limit the server advertised, if the responses said.
         latency_s: the median response time seen, if any request was sent.
@@ -117,6 +119,7 @@ class RunPlan:
     probed: bool
     requests_sent: int = 0
     rate_interval_s: float | None = None
+    rate_window: tuple[int, float] | None = None
     concurrency: int = 1
     server_limit: ServerLimit | None = None
     latency_s: float | None = None
@@ -150,7 +153,14 @@ class RunPlan:
 
     @property
     def min_run_s_configured(self) -> float | None:
-        """The least time under the configured rate: one request per interval."""
+        """The least time under the configured rate.
+
+        The limiter allows ``n`` requests in any span (a sliding window), so the
+        first ``n`` go at once and each later group of ``n`` a span after the last.
+        """
+        if self.rate_window is not None:
+            n, span = self.rate_window
+            return max(math.ceil(self.requests / n) - 1, 0) * span
         if self.rate_interval_s is None:
             return None
         return max(self.requests - 1, 0) * self.rate_interval_s
@@ -204,6 +214,11 @@ class RunPlan:
             "min_run_s_server": _round(self.min_run_s_server),
             "min_run_s_latency": _round(self.min_run_s_latency),
             "rate_interval_s": self.rate_interval_s,
+            "rate_window": (
+                {"requests": self.rate_window[0], "seconds": self.rate_window[1]}
+                if self.rate_window
+                else None
+            ),
             "server_limit": (
                 {"limit": self.server_limit.limit, "window_s": self.server_limit.window_s}
                 if self.server_limit
@@ -466,6 +481,7 @@ def _plan(
         probed=probed,
         requests_sent=len(observed),
         rate_interval_s=settings.rate.interval_s if settings.rate else None,
+        rate_window=settings.rate.window if settings.rate else None,
         concurrency=settings.concurrency,
         server_limit=_server_limit(observed),
         latency_s=statistics.median(ok) if ok else None,

@@ -124,7 +124,7 @@ async def test_no_probe_with_listed_users_sends_nothing_and_needs_no_key(tmp_pat
     assert result.returncode == ExitCode.OK, result.stderr
     assert "queries   10 = 5 slice(s) x 2 type(s) x 1 batch(es)" in result.stdout
     assert "pages     20" in result.stdout
-    assert "1.9 s at the configured rate limit (10 requests/s)" in result.stdout
+    assert "1.0 s at the configured rate limit (10 requests/s)" in result.stdout  # 2 x 10 in 1 s
     assert "this plan sent 0 request(s)" in result.stdout
 
 
@@ -178,13 +178,16 @@ def test_minimum_time_is_the_largest_bound() -> None:
         team_list=False,
         probed=True,
         rate_interval_s=0.1,
+        rate_window=(10, 1.0),
         concurrency=4,
         server_limit=ServerLimit(limit=50, window_s=1.0),
         latency_s=0.2,
     )
     assert plan.requests == 120
-    assert plan.min_run_s_configured == pytest.approx(11.9)  # 119 intervals of 0.1 s
+    assert plan.min_run_s_configured == pytest.approx(11.0)  # 12 spans of 10, 11 waited out
     assert plan.min_run_s_server == 2.0  # 3 windows of 50, 2 waited out
     assert plan.min_run_s_latency == pytest.approx(6.0)  # 30 rounds of 4 x 0.2 s
-    assert plan.min_run_s == pytest.approx(11.9)
-    assert replace(plan, rate_interval_s=None).min_run_s == pytest.approx(6.0)
+    assert plan.min_run_s == pytest.approx(11.0)
+    # Without the window (a plan built by hand), one request per interval.
+    assert replace(plan, rate_window=None).min_run_s_configured == pytest.approx(11.9)
+    assert replace(plan, rate_interval_s=None, rate_window=None).min_run_s == pytest.approx(6.0)
