@@ -20,7 +20,9 @@ what it saw with :meth:`Limiter.observe`. Four things decide a turn:
    window, and the whole quota can still go out at once when a window opens.
 5. **Pace**: on top, an adaptive minimum interval for servers that send no
    headers: a refusal sets it to half the throughput that led to it; each run
-   of successes speeds it up again by a quarter, until it is off.
+   of successes speeds it up again by a quarter, until it is off. With a
+   configured rate it stops at the rate's even spacing instead: a server that
+   refused the rate's bursts once would refuse them again.
 
 Why not aiolimiter for the configured rate: its leaky bucket lets a burst of
 ``max_rate`` through and then the steady rate, so in the first window of a
@@ -72,6 +74,9 @@ _UNIT_S: Final = {
     "hours": 3600.0,
 }
 
+#: The most send times the configured rate's sliding window remembers.
+_MAX_WINDOW: Final = 100_000
+
 #: Reset values below this are "seconds from now"; above, epoch seconds.
 _EPOCH_THRESHOLD: Final = 1_000_000_000
 
@@ -114,11 +119,18 @@ class Rate:
     def window(self) -> tuple[int, float]:
         """``(n, seconds)``: at most ``n`` requests in any span of ``seconds``.
 
-        A fractional rate keeps its average: ``2.5/s`` is 2 per 0.8 s,
-        ``0.5/s`` is 1 per 2 s.
+        No span of the period may ever hold more than the rate allows, so a
+        fraction above one is rounded down (``2.5/s`` is 2 per second: "2 per
+        0.8 s" would let 4 into some second), and a rate below one per period
+        stretches the span (``0.5/s`` is 1 per 2 s). An absurdly high rate keeps
+        a bounded log of sends (at most :data:`_MAX_WINDOW` per proportional span).
         """
-        n = max(1, math.floor(self.requests))
-        return n, self.period_s * n / self.requests
+        if self.requests < 1:
+            return 1, self.period_s / self.requests
+        n = math.floor(self.requests)
+        if n > _MAX_WINDOW:
+            return _MAX_WINDOW, self.period_s * _MAX_WINDOW / n
+        return n, self.period_s
 
     @property
     def per_second(self) -> float:
@@ -319,8 +331,13 @@ class Limiter:
             return
         self._successes_since_change = 0
         self._adaptive_interval /= 1.25
-        configured = self.rate.interval_s if self.rate else 0.0
-        if self._adaptive_interval <= max(configured, 1e-3):
+        if self.rate is not None:
+            # A configured rate was refused: the server does not take its bursts.
+            # The pace stays, no faster than the rate's even spacing, instead of
+            # switching off and letting whole windows go at once again.
+            n, span = self._window_n, self._window_s
+            self._adaptive_interval = max(self._adaptive_interval, span / n)
+        elif self._adaptive_interval <= 1e-3:
             self._adaptive_interval = None
 
     def _read_window(self, headers: Mapping[str, str]) -> None:

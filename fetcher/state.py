@@ -367,7 +367,8 @@ class Checkpointer:
         )
         for spec in specs:
             described = spec.model_dump(mode="json", exclude={"user_ids"})
-            batch = hashlib.sha256("\n".join(spec.user_ids).encode()).hexdigest()[:16]
+            # JSON, not a joined string: ("a\nb",) and ("a", "b") are different batches.
+            batch = hashlib.sha256(orjson.dumps(spec.user_ids)).hexdigest()[:16]
             state.users.setdefault(batch, list(spec.user_ids))
             described["users"] = batch
             state.queries[spec.key] = QueryProgress(spec=described)

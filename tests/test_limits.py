@@ -85,12 +85,47 @@ async def test_sliding_window_keeps_a_margin_after_the_span() -> None:
     assert times == [1000.0, 1000.0, pytest.approx(1001.05), pytest.approx(1001.05)]
 
 
-def test_fractional_rates_keep_their_average() -> None:
-    """0.5/s is one request per 2 s; 2.5/s is two per 0.8 s."""
+def test_rate_windows_never_exceed_the_rate_in_any_period() -> None:
+    """0.5/s is one request per 2 s; 2.5/s is two per second, never four in one."""
     assert Rate.parse("0.5/s").window == (1, 2.0)
-    n, span = Rate.parse("2.5/s").window
-    assert (n, round(span, 9)) == (2, 0.8)
+    assert Rate.parse("2.5/s").window == (2, 1.0)
     assert Rate.parse("30/min").window == (30, 60.0)
+    n, span = Rate(1e20, 1.0).window  # absurd, but no unbounded log of sends
+    assert n <= 100_000
+    assert n / span == pytest.approx(1e20)
+
+
+@pytest.mark.parametrize("text", ["2.5/s", "10.5/s", "0.5/s", "3/s"])
+async def test_no_period_ever_sees_more_than_the_rate(text: str) -> None:
+    """Sends at any rate, whole or fractional: any span of one period holds at most the rate."""
+    rate = Rate.parse(text)
+    clock = FakeClock()
+    limiter = make(clock, rate=rate, max_in_flight=100, margin_s=0.0)
+    async with clock.running():
+        times = await send_times(limiter, clock, 60)
+    most = max(sum(1 for t in times if s <= t < s + rate.period_s) for s in times)
+    assert most <= max(rate.requests, 1)
+
+
+async def test_after_a_refusal_a_configured_rate_stops_bursting() -> None:
+    """A refused configured rate recovers only to its even spacing, not to whole bursts.
+
+    Otherwise a server that refuses the rate's bursts (it counts in shorter windows)
+    would be hit by them again each time the pace recovered.
+    """
+    clock = FakeClock()
+    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=10, recover_after=5)
+    for _ in range(20):  # 20 successes over 2 s: 10/s
+        clock.advance(0.1)
+        limiter.observe(200, {})
+    limiter.refused(0.0)
+    assert limiter.interval_s == pytest.approx(0.2)  # half of 10/s
+    for _ in range(500):
+        limiter.observe(200, {})
+    assert limiter.interval_s == pytest.approx(0.1)  # the rate's spacing, and it stays
+    async with clock.running():
+        times = await send_times(limiter, clock, 5)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [0.1] * 4
 
 
 async def test_in_flight_cap() -> None:

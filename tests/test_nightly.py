@@ -394,3 +394,21 @@ async def test_a_written_page_is_not_kept_alive_until_its_checkpoint(tmp_path: P
     assert progress is not None
     assert progress.queries[spec.key].done == {1}
     assert progress.queries[spec.key].records == 1
+
+
+def test_state_keeps_each_user_batch_once_and_apart(tmp_path: Path) -> None:
+    """Equal batches are stored once; batches that only join alike stay apart."""
+
+    def spec(*ids: str, day: int = 1) -> QuerySpec:
+        return QuerySpec(
+            user_ids=ids,
+            start=dt.datetime(2024, 1, day, tzinfo=dt.UTC),
+            end=dt.datetime(2024, 1, day, 23, tzinfo=dt.UTC),
+            type="prospect",
+        )
+
+    specs = [spec("a\nb"), spec("a", "b"), spec("a", "b", day=2)]
+    state = Checkpointer.open(tmp_path / "state.json", specs, output="out.jsonl").state
+    assert len(state.users) == 2
+    for one in specs:
+        assert tuple(state.spec_of(one.key)["user_ids"]) == one.user_ids
