@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import anyio
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PARTIAL_SUFFIX",
     "AppendOnlyFile",
+    "FileSink",
     "check_columns",
     "partial_path",
     "provenance",
@@ -230,6 +231,60 @@ class AppendOnlyFile:
             return
         self.close()
         self._log.warning("output.incomplete", path=str(self.path), records=records)
+
+
+class FileSink:
+    """The life of a file sink around its :class:`AppendOnlyFile`, shared by all three.
+
+    A subclass sets ``path``, ``partial`` (what a failed run leaves behind) and
+    ``_file`` in its ``__init__``, and says how a page becomes bytes in
+    :meth:`encode`; Parquet, which converts its spool at the end, overrides
+    :meth:`write` and ``__aexit__`` instead.
+    """
+
+    path: Path
+    partial: Path
+    records: int
+    _file: AppendOnlyFile
+
+    def encode(self, page: Page) -> bytes:
+        """The page as the bytes to append."""
+        raise NotImplementedError
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Continue an interrupted run's file from its last checkpoint.
+
+        Raises:
+            SinkError: when the in-progress file is gone or shorter than the
+                checkpoint, or was written with other columns.
+        """
+        self._file.resume_from(token)
+
+    async def __aenter__(self) -> Self:
+        self._file.open()
+        self.records = 0
+        return self
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Sync what is written; the token is the file's length (and its schema, if any)."""
+        return await self._file.checkpoint()
+
+    async def write(self, page: Page) -> None:
+        """Append the page and flush it to the operating system.
+
+        Raises:
+            SinkError: a record cannot be encoded (or keyed), or the file cannot be written.
+        """
+        data = self.encode(page)
+        with writing(self.partial, page.ref):
+            await self._file.write(data)
+        self.records += len(page.records)
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self._file.finish(self.path, records=self.records)
+        else:
+            self._file.abort(records=self.records)
 
 
 def check_columns(found: Sequence[str], where: str) -> None:

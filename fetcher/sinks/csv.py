@@ -24,13 +24,12 @@ import csv
 import datetime as dt
 import io
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from fetcher.sinks._common import AppendOnlyFile, partial_path, writing
+from fetcher.sinks._common import AppendOnlyFile, FileSink, partial_path
 from fetcher.sinks._schema import COLUMNS, SCHEMA_ID, rows
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ def encode_page(page: Page) -> bytes:
     return _encode(rows(page, timestamp=_iso))
 
 
-class CsvSink:
+class CsvSink(FileSink):
     """Writes every record as one CSV row to ``path``, after one header line.
 
     Args:
@@ -88,37 +87,6 @@ class CsvSink:
     def __repr__(self) -> str:
         return f"CsvSink({str(self.path)!r})"
 
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Continue an interrupted run's file from its last checkpoint.
-
-        Raises:
-            SinkError: when ``NAME.partial`` is gone or shorter than the
-                checkpoint, or was written with other columns.
-        """
-        self._file.resume_from(token)
-
-    async def __aenter__(self) -> Self:
-        self._file.open()
-        self.records = 0
-        return self
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Sync what is written; the token is the file's length (and the schema)."""
-        return await self._file.checkpoint()
-
-    async def write(self, page: Page) -> None:
-        """Append the page's rows and flush them to the operating system.
-
-        Raises:
-            SinkError: a record cannot be keyed, or the file cannot be written.
-        """
-        data = encode_page(page)
-        with writing(self.partial, page.ref):
-            await self._file.write(data)
-        self.records += len(page.records)
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            await self._file.finish(self.path, records=self.records)
-        else:
-            self._file.abort(records=self.records)
+    def encode(self, page: Page) -> bytes:
+        """The page's rows as CSV lines (see :func:`encode_page`)."""
+        return encode_page(page)

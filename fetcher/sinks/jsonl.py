@@ -20,14 +20,13 @@ share.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
-from fetcher.sinks._common import AppendOnlyFile, partial_path, provenance, writing
+from fetcher.sinks._common import AppendOnlyFile, FileSink, partial_path, provenance
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -55,7 +54,7 @@ def encode_page(page: Page) -> bytes:
     )
 
 
-class JsonlSink:
+class JsonlSink(FileSink):
     """Writes every record as one JSON line to ``path``.
 
     Args:
@@ -71,31 +70,6 @@ class JsonlSink:
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
 
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Continue an interrupted run's file from its last checkpoint.
-
-        Raises:
-            SinkError: when ``NAME.partial`` is gone or shorter than the checkpoint.
-        """
-        self._file.resume_from(token)
-
-    async def __aenter__(self) -> Self:
-        self._file.open()
-        self.records = 0
-        return self
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Sync what is written; the token is the file's length."""
-        return await self._file.checkpoint()
-
-    async def write(self, page: Page) -> None:
-        """Append the page's records and flush them to the operating system."""
-        with writing(self.partial, page.ref):
-            await self._file.write(encode_page(page))
-        self.records += len(page.records)
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            await self._file.finish(self.path, records=self.records)
-        else:
-            self._file.abort(records=self.records)
+    def encode(self, page: Page) -> bytes:
+        """The page's records as JSON lines (see :func:`encode_page`)."""
+        return encode_page(page)

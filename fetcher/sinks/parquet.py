@@ -35,15 +35,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import structlog
 
 from fetcher.errors import ConfigError, SinkError
-from fetcher.sinks._common import AppendOnlyFile, partial_path, replace_atomically, writing
+from fetcher.sinks._common import (
+    AppendOnlyFile,
+    FileSink,
+    partial_path,
+    replace_atomically,
+    writing,
+)
 from fetcher.sinks._schema import COLUMN_KINDS, COLUMNS, KEY_COLUMNS, SCHEMA_ID, rows
 
 if TYPE_CHECKING:
@@ -99,7 +104,7 @@ def arrow_schema() -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-class ParquetSink:
+class ParquetSink(FileSink):
     """Writes every record as one row of a Parquet file at ``path``.
 
     Args:
@@ -124,29 +129,11 @@ class ParquetSink:
         self.spool = self.temporary.with_name(self.temporary.name + SPOOL_SUFFIX)
         self.partial = self.spool
         self.row_group_rows = max(1, row_group_rows)
-        self._spool = AppendOnlyFile(self.spool, log=log, schema=SCHEMA_ID)
+        self._file = AppendOnlyFile(self.spool, log=log, schema=SCHEMA_ID)
         self.records = 0
 
     def __repr__(self) -> str:
         return f"ParquetSink({str(self.path)!r})"
-
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Continue an interrupted run's spool from its last checkpoint.
-
-        Raises:
-            SinkError: when the spool is gone or shorter than the checkpoint,
-                or was written with other columns.
-        """
-        self._spool.resume_from(token)
-
-    async def __aenter__(self) -> Self:
-        self._spool.open()
-        self.records = 0
-        return self
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Sync the spool; the token is its length (and the schema)."""
-        return await self._spool.checkpoint()
 
     async def write(self, page: Page) -> None:
         """Append the page to the spool as one Arrow record batch.
@@ -157,7 +144,7 @@ class ParquetSink:
         """
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
-        assert self._spool.is_open, "use the sink as an async context manager"
+        assert self._file.is_open, "use the sink as an async context manager"
         if not page.records:
             return
         try:
@@ -181,15 +168,15 @@ class ParquetSink:
             ],
             schema=schema,
         )
-        self._spool.append(batch.serialize())
+        self._file.append(batch.serialize())
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            self._spool.abort(records=self.records)
+            self._file.abort(records=self.records)
             return
-        if not self._spool.is_open:
+        if not self._file.is_open:
             return
-        self._spool.close()
+        self._file.close()
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
         try:
