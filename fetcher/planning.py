@@ -46,6 +46,7 @@ from fetcher.settings import ExportSettings
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
+    from fetcher.limits import Rate
     from fetcher.spec import QuerySpec
 
 __all__ = ["QueryEstimate", "RunPlan", "ServerLimit", "make_plan"]
@@ -98,9 +99,7 @@ class RunPlan:
         team_list: whether the export fetches the team member list (one request).
         probed: whether page 1 of each query was fetched.
         requests_sent: requests this plan sent (probes and the team list).
-        rate_interval_s: the configured ``--rate-limit``'s average interval, if any.
-        rate_window: the configured rate as the limiter enforces it: at most ``n``
-            requests in any span of ``seconds`` (see :attr:`fetcher.limits.Rate.window`).
+        rate: the configured ``--rate-limit``, if any.
         concurrency: requests in flight.
         server_limit: the limit the server advertised, if the responses said.
         latency_s: the median response time seen, if any request was sent.
@@ -118,8 +117,7 @@ class RunPlan:
     team_list: bool
     probed: bool
     requests_sent: int = 0
-    rate_interval_s: float | None = None
-    rate_window: tuple[int, float] | None = None
+    rate: Rate | None = None
     concurrency: int = 1
     server_limit: ServerLimit | None = None
     latency_s: float | None = None
@@ -155,15 +153,14 @@ class RunPlan:
     def min_run_s_configured(self) -> float | None:
         """The least time under the configured rate.
 
-        The limiter allows ``n`` requests in any span (a sliding window), so the
-        first ``n`` go at once and each later group of ``n`` a span after the last.
+        The limiter allows ``n`` requests in any span (a sliding window, see
+        :attr:`fetcher.limits.Rate.window`), so the first ``n`` go at once and
+        each later group of ``n`` a span after the last.
         """
-        if self.rate_window is not None:
-            n, span = self.rate_window
-            return max(math.ceil(self.requests / n) - 1, 0) * span
-        if self.rate_interval_s is None:
+        if self.rate is None:
             return None
-        return max(self.requests - 1, 0) * self.rate_interval_s
+        n, span = self.rate.window
+        return max(math.ceil(self.requests / n) - 1, 0) * span
 
     @property
     def min_run_s_server(self) -> float | None:
@@ -213,10 +210,10 @@ class RunPlan:
             "min_run_s_configured": _round(self.min_run_s_configured),
             "min_run_s_server": _round(self.min_run_s_server),
             "min_run_s_latency": _round(self.min_run_s_latency),
-            "rate_interval_s": self.rate_interval_s,
+            "rate_interval_s": self.rate.interval_s if self.rate else None,
             "rate_window": (
-                {"requests": self.rate_window[0], "seconds": self.rate_window[1]}
-                if self.rate_window
+                {"requests": self.rate.window[0], "seconds": self.rate.window[1]}
+                if self.rate
                 else None
             ),
             "server_limit": (
@@ -283,10 +280,10 @@ class RunPlan:
 
     def _time_lines(self) -> Iterator[str]:
         bounds = []
-        if self.min_run_s_configured is not None and self.rate_interval_s:
+        if self.rate is not None and self.min_run_s_configured is not None:
             bounds.append(
                 f"{_seconds(self.min_run_s_configured)} at the configured rate limit "
-                f"({1 / self.rate_interval_s:g} requests/s)"
+                f"({self.rate.per_second:g} requests/s)"
             )
         if self.server_limit is not None and self.min_run_s_server is not None:
             bounds.append(
@@ -339,15 +336,26 @@ def _catch_up_after(settings: ExportSettings, users: list[str]) -> dt.datetime |
     return dt.datetime.fromisoformat(completed) if completed else None
 
 
-def _guess(spec: QuerySpec, *, error: str | None = None) -> QueryEstimate:
+def _estimate(
+    spec: QuerySpec,
+    *,
+    pages: int | None = None,
+    records: int | None = None,
+    error: str | None = None,
+) -> QueryEstimate:
+    """``spec``'s estimate: ``pages`` known from page 1, or guessed as users / page size."""
+    exact = pages is not None
+    if pages is None:
+        pages = math.ceil(len(spec.user_ids) / spec.page_size)
     return QueryEstimate(
         key=spec.key,
         type=spec.type,
         window_start=spec.start,
         window_end=spec.end,
         users=len(spec.user_ids),
-        pages=max(math.ceil(len(spec.user_ids) / spec.page_size), 1),
-        exact=False,
+        pages=max(pages, 1),  # an empty result is still one request
+        exact=exact,
+        records=records,
         probe_error=error,
     )
 
@@ -360,22 +368,14 @@ async def _probe(client: Client, spec: QuerySpec) -> QueryEstimate:
         raise
     except FetcherError as exc:
         log.warning("plan.probe_failed", query=spec.key, error=str(exc))
-        return _guess(spec, error=str(exc))
+        return _estimate(spec, error=str(exc))
     total = page.meta.pages_for(spec.page_size) if page.meta is not None else None
     if total is None and len(page.records) < spec.page_size:
         total = 1  # no meta, but a short page 1 is the last one
     if total is None:
-        return _guess(spec)
-    return QueryEstimate(
-        key=spec.key,
-        type=spec.type,
-        window_start=spec.start,
-        window_end=spec.end,
-        users=len(spec.user_ids),
-        pages=max(total, 1),  # an empty result is still one request
-        exact=True,
-        records=page.meta.total_items if page.meta is not None else len(page.records),
-    )
+        return _estimate(spec)
+    records = page.meta.total_items if page.meta is not None else len(page.records)
+    return _estimate(spec, pages=total, records=records)
 
 
 async def _probe_all(client: Client, specs: list[QuerySpec]) -> list[QueryEstimate]:
@@ -423,7 +423,7 @@ async def make_plan(
     notes: list[str] = []
     if not probe and users is not None:
         specs = settings.queries(users, now=now, after=_catch_up_after(settings, users))
-        return _plan(settings, specs, [_guess(spec) for spec in specs], users, notes=notes)
+        return _plan(settings, specs, [_estimate(spec) for spec in specs], users, notes=notes)
     # The team list is retried like in an export; probes are not (see below).
     retry = RetryPolicy(attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after)
     async with open_api(settings, retry=retry) as api:
@@ -436,7 +436,7 @@ async def make_plan(
             api.client.retry = RetryPolicy(attempts=1, max_retry_after_s=settings.max_retry_after)
             estimates = await _probe_all(api.client, specs)
         else:
-            estimates = [_guess(spec) for spec in specs]
+            estimates = [_estimate(spec) for spec in specs]
         failed = sum(q.probe_error is not None for q in estimates)
         if failed:
             notes.append(f"{failed} probe(s) failed; those queries are estimated")
@@ -480,8 +480,7 @@ def _plan(
         team_list=_needs_team_list(settings),
         probed=probed,
         requests_sent=len(observed),
-        rate_interval_s=settings.rate.interval_s if settings.rate else None,
-        rate_window=settings.rate.window if settings.rate else None,
+        rate=settings.rate,
         concurrency=settings.concurrency,
         server_limit=_server_limit(observed),
         latency_s=statistics.median(ok) if ok else None,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fetcher.cli import ExitCode
+from fetcher.limits import Rate
 from fetcher.planning import QueryEstimate, RunPlan, ServerLimit
 from fetcher.settings import load_settings
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
@@ -177,8 +178,7 @@ def test_minimum_time_is_the_largest_bound() -> None:
         batch_size=1000,
         team_list=False,
         probed=True,
-        rate_interval_s=0.1,
-        rate_window=(10, 1.0),
+        rate=Rate.parse("10/s"),
         concurrency=4,
         server_limit=ServerLimit(limit=50, window_s=1.0),
         latency_s=0.2,
@@ -188,6 +188,4 @@ def test_minimum_time_is_the_largest_bound() -> None:
     assert plan.min_run_s_server == 2.0  # 3 windows of 50, 2 waited out
     assert plan.min_run_s_latency == pytest.approx(6.0)  # 30 rounds of 4 x 0.2 s
     assert plan.min_run_s == pytest.approx(11.0)
-    # Without the window (a plan built by hand), one request per interval.
-    assert replace(plan, rate_window=None).min_run_s_configured == pytest.approx(11.9)
-    assert replace(plan, rate_interval_s=None, rate_window=None).min_run_s == pytest.approx(6.0)
+    assert replace(plan, rate=None).min_run_s == pytest.approx(6.0)
