@@ -22,7 +22,7 @@ from fetcher.cli import ExitCode
 from fetcher.models import Page
 from fetcher.settings import load_settings
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
-from fetcher.spec import QuerySpec
+from fetcher.spec import DEFAULT_PAGE_SIZE, QuerySpec
 from fetcher.state import Checkpointer, RunState
 from tests.integration import KEY, assert_same_rows, read_jsonl
 from tests.test_cli import run_cli
@@ -368,19 +368,24 @@ class _DurableSink:
         return {"offset": 1}
 
 
+def day_spec(*ids: str, day: int = 1, page_size: int = DEFAULT_PAGE_SIZE) -> QuerySpec:
+    """A prospect query for ``ids`` over one day of January 2024 (UTC)."""
+    return QuerySpec(
+        user_ids=ids,
+        start=dt.datetime(2024, 1, day, tzinfo=dt.UTC),
+        end=dt.datetime(2024, 1, day, 23, tzinfo=dt.UTC),
+        type="prospect",
+        page_size=page_size,
+    )
+
+
 async def test_a_written_page_is_not_kept_alive_until_its_checkpoint(tmp_path: Path) -> None:
     """Between checkpoints only a page's key, number and count are held, not its records.
 
     Held pages would keep up to a checkpoint interval's records in memory after the
     sink has them (a second of a fast run: thousands of pages).
     """
-    spec = QuerySpec(
-        user_ids=("u1", "u2"),
-        start=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-        end=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
-        type="prospect",
-        page_size=1,
-    )
+    spec = day_spec("u1", "u2", page_size=1)
     checkpoint = Checkpointer.open(tmp_path / "state.json", [spec], output="out.jsonl")
     record = _Record(userId="u1")
     watched = weakref.ref(record)
@@ -398,16 +403,7 @@ async def test_a_written_page_is_not_kept_alive_until_its_checkpoint(tmp_path: P
 
 def test_state_keeps_each_user_batch_once_and_apart(tmp_path: Path) -> None:
     """Equal batches are stored once; batches that only join alike stay apart."""
-
-    def spec(*ids: str, day: int = 1) -> QuerySpec:
-        return QuerySpec(
-            user_ids=ids,
-            start=dt.datetime(2024, 1, day, tzinfo=dt.UTC),
-            end=dt.datetime(2024, 1, day, 23, tzinfo=dt.UTC),
-            type="prospect",
-        )
-
-    specs = [spec("a\nb"), spec("a", "b"), spec("a", "b", day=2)]
+    specs = [day_spec("a\nb"), day_spec("a", "b"), day_spec("a", "b", day=2)]
     state = Checkpointer.open(tmp_path / "state.json", specs, output="out.jsonl").state
     assert len(state.users) == 2
     for one in specs:
