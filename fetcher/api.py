@@ -116,6 +116,7 @@ async def open_api(
     retry: RetryPolicy | None = None,
     concurrency: int | None = None,
     record: bool = True,
+    key: SecretStr | None = None,
 ) -> AsyncIterator[ApiSession]:
     """A client for the settings' API; for ``base_url = "simulator"``, a simulator too.
 
@@ -125,11 +126,14 @@ async def open_api(
         concurrency: requests in flight (default: the settings').
         record: keep what each response said (a short probe); an export, whose
             pages run into the thousands, does not.
+        key: the key, when the caller has resolved it already (default:
+            :func:`api_key`); a key file is then read, and warned about, once.
 
     Raises:
         ConfigError: no API key.
     """
-    key = api_key(settings)
+    if key is None:
+        key = api_key(settings)
     if retry is None:
         retry = RetryPolicy(
             attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after

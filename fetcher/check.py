@@ -33,7 +33,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from fetcher.api import Observed, open_api
@@ -48,6 +48,9 @@ from fetcher.errors import (
 )
 from fetcher.retry import RetryPolicy
 from fetcher.settings import ExportSettings
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 from fetcher.spec import QuerySpec
 
 __all__ = ["CheckResult", "CheckStatus", "check_api", "classify", "host_port"]
@@ -194,12 +197,15 @@ def _probe_spec(user: str, *, now: dt.datetime) -> QuerySpec:
     return QuerySpec(user_ids=(user,), start=start, end=end, type="prospect", page_size=1)
 
 
-async def check_api(settings: ExportSettings, *, now: dt.datetime | None = None) -> CheckResult:
+async def check_api(
+    settings: ExportSettings, *, now: dt.datetime | None = None, key: SecretStr | None = None
+) -> CheckResult:
     """Send one request to the settings' API and say whether the key and URL work.
 
     Args:
         settings: the base URL, key, users and timeout come from here.
         now: the moment "yesterday" is taken from (default: now).
+        key: the API key, if the caller resolved it (default: the settings').
 
     Raises:
         ConfigError: no key, or an unreadable users file; nothing was sent.
@@ -209,7 +215,7 @@ async def check_api(settings: ExportSettings, *, now: dt.datetime | None = None)
     if explicit:
         spec = _probe_spec(settings.user_ids()[0], now=now or dt.datetime.now(dt.UTC))
     retry = RetryPolicy(attempts=1, max_retry_after_s=settings.max_retry_after)
-    async with open_api(settings, retry=retry, concurrency=1) as api:
+    async with open_api(settings, retry=retry, concurrency=1, key=key) as api:
         base_url = api.base_url
         try:
             if spec is not None:

@@ -36,7 +36,7 @@ import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 import anyio
 import structlog
@@ -64,6 +64,9 @@ from fetcher.runner import Paginator, RunSummary
 from fetcher.settings import ExportSettings, load_settings, resolve_api_key
 from fetcher.sinks import Sink
 from fetcher.sinks.postgres import dsn_secrets
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 __all__ = ["ExitCode", "actionable", "main"]
 
@@ -382,6 +385,7 @@ async def run_export(
     fresh: bool = False,
     quiet: bool = False,
     watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    key: SecretStr | None = None,
 ) -> ExitCode:
     """Run ``fetcher export`` with validated settings; return the exit code.
 
@@ -390,11 +394,12 @@ async def run_export(
         fresh: ignore an interrupted run's checkpoint.
         quiet: say nothing on success.
         watch: a progress display to run alongside the export.
+        key: the API key, if already resolved (default: from the settings).
 
     Raises:
         ConfigError: for input that can only be checked now (users file, key, output).
     """
-    outcome = await run_job(settings, fresh=fresh, watch=watch)
+    outcome = await run_job(settings, fresh=fresh, watch=watch, key=key)
     summary, error = outcome.summary, outcome.error
     if settings.report is not None:
         write_report(settings.report, summary, **outcome.details)
@@ -517,10 +522,12 @@ async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     )
 
 
-async def _plan(settings: ExportSettings, *, probe: bool, as_json: bool) -> ExitCode:
+async def _plan(
+    settings: ExportSettings, *, probe: bool, as_json: bool, key: SecretStr | None
+) -> ExitCode:
     from fetcher.planning import make_plan  # noqa: PLC0415  (only for this command)
 
-    plan = await make_plan(settings, probe=probe)
+    plan = await make_plan(settings, probe=probe, key=key)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))  # noqa: T201  (the command's output)
     else:
@@ -529,10 +536,10 @@ async def _plan(settings: ExportSettings, *, probe: bool, as_json: bool) -> Exit
     return ExitCode.OK
 
 
-async def _check(settings: ExportSettings) -> ExitCode:
+async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode:
     from fetcher.check import check_api  # noqa: PLC0415  (only for this command)
 
-    result = await check_api(settings)
+    result = await check_api(settings, key=key)
     if result.ok:
         print(f"fetcher check: {result.message}")  # noqa: T201  (the command's output)
         return ExitCode.OK
@@ -546,15 +553,20 @@ async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     settings = load_settings(_flags(args), config_file=args.config)
     if settings.postgres_dsn is not None:
         secrets.extend(dsn_secrets(settings.postgres_dsn.get_secret_value()))
+    # A key file is read once, here: its value must be known to the log redaction
+    # before logging starts, and the commands use this same key (one read, one
+    # warning if others can read the file). Unreadable, the command says why.
+    key = None
     if settings.api_key_file is not None:
         with contextlib.suppress(ConfigError):
-            secrets.append(resolve_api_key(settings).get_secret_value())
+            key = resolve_api_key(settings)
+            secrets.append(key.get_secret_value())
     if args.command == "plan":
         _setup_logging(args, settings, secrets, calm=True)
-        return await _plan(settings, probe=args.probe, as_json=args.json)
+        return await _plan(settings, probe=args.probe, as_json=args.json, key=key)
     if args.command == "check":
         _setup_logging(args, settings, secrets, calm=True)
-        return await _check(settings)
+        return await _check(settings, key=key)
     display = _progress(args, settings)
     _setup_logging(
         args,
@@ -563,7 +575,7 @@ async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
         calm=display is not None or args.quiet,
         stream=current_stderr() if display is not None else None,
     )
-    return await run_export(settings, fresh=args.fresh, quiet=args.quiet, watch=display)
+    return await run_export(settings, fresh=args.fresh, quiet=args.quiet, watch=display, key=key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,8 @@ from fetcher.spec import format_api_datetime
 from fetcher.state import Checkpointer, RunLock
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from fetcher.sinks import Sink
     from fetcher.spec import QuerySpec
 
@@ -65,6 +67,7 @@ async def run_job(
     fresh: bool = False,
     now: dt.datetime | None = None,
     watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    key: SecretStr | None = None,
 ) -> JobOutcome:
     """Run one export job end to end.
 
@@ -73,13 +76,15 @@ async def run_job(
         fresh: ignore an interrupted run's checkpoint and start over.
         now: the moment relative windows are evaluated at (default: now).
         watch: runs alongside the export (a progress display), see :func:`export`.
+        key: the API key, if the caller resolved it (default: :func:`api_key`).
 
     Raises:
         ConfigError: for input found wrong before any request was sent.
     """
     if settings.out is None and settings.sink != "postgres":
         raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
-    api_key(settings)  # no key is a usage error, found before anything else
+    if key is None:
+        key = api_key(settings)  # no key is a usage error, found before anything else
     sink = make_sink(
         settings.out,
         sink=settings.sink,
@@ -88,7 +93,7 @@ async def run_job(
     )
     users = None if settings.all_users else _configured_users(settings)
     async with AsyncExitStack() as stack:
-        api = await stack.enter_async_context(open_api(settings, record=False))
+        api = await stack.enter_async_context(open_api(settings, record=False, key=key))
         client = api.client
         if users is None:
             users = [member.user_id for member in await client.team_members()]

@@ -46,6 +46,8 @@ from fetcher.settings import ExportSettings
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from fetcher.limits import Rate
     from fetcher.spec import QuerySpec
 
@@ -402,7 +404,11 @@ async def _probe_all(client: Client, specs: list[QuerySpec]) -> list[QueryEstima
 
 
 async def make_plan(
-    settings: ExportSettings, *, probe: bool = True, now: dt.datetime | None = None
+    settings: ExportSettings,
+    *,
+    probe: bool = True,
+    now: dt.datetime | None = None,
+    key: SecretStr | None = None,
 ) -> RunPlan:
     """Resolve the settings into queries and estimate the export's pages and time.
 
@@ -410,6 +416,7 @@ async def make_plan(
         settings: the export's settings (the output is not touched).
         probe: fetch page 1 of each query (once, never retried) for exact sizes.
         now: the moment relative windows are evaluated at (default: now).
+        key: the API key, if the caller resolved it (default: the settings').
 
     Raises:
         ConfigError: invalid settings, found before any request.
@@ -426,7 +433,7 @@ async def make_plan(
         return _plan(settings, specs, [_estimate(spec) for spec in specs], users, notes=notes)
     # The team list is retried like in an export; probes are not (see below).
     retry = RetryPolicy(attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after)
-    async with open_api(settings, retry=retry) as api:
+    async with open_api(settings, retry=retry, key=key) as api:
         if users is None:
             users = [member.user_id for member in await api.client.team_members()]
         after = _catch_up_after(settings, users)

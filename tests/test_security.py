@@ -175,6 +175,25 @@ def test_key_file_readable_by_others_gets_a_warning(tmp_path: Path) -> None:
     assert not [e for e in logs if e["event"] == "key_file.unprotected"]
 
 
+@pytest.mark.parametrize("command", ["export", "plan", "check"])
+async def test_a_key_file_is_read_and_warned_about_once_per_command(
+    tmp_path: Path, command: str
+) -> None:
+    """The CLI reads the key file once and hands that key on: one warning, not one per layer."""
+    key_file = tmp_path / "key"
+    key_file.write_text(SECRET)
+    key_file.chmod(0o644)
+    query = ["--base-url", "simulator", "--api-key-file", str(key_file), "--users", "u1"]
+    if command != "check":
+        query += ["--start", "2024-01-01", "--end", "2024-01-01"]
+    if command == "export":
+        query += ["--out", str(tmp_path / "o.jsonl")]
+    result = await fetcher_cli([command, *query], key=None)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("key_file.unprotected") == 1
+    assert SECRET not in result.stderr + result.stdout
+
+
 async def test_key_in_config_is_refused(tmp_path: Path) -> None:
     """A key pasted into the TOML is refused, pointing at the env or a key file."""
     config = tmp_path / "c.toml"
