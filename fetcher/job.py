@@ -92,6 +92,7 @@ async def run_job(
         postgres_dsn=settings.postgres_dsn,
     )
     users = None if settings.all_users else _configured_users(settings)
+    settings.slices(now=now)  # a bad window fails here, before the team list is asked for
     async with AsyncExitStack() as stack:
         api = await stack.enter_async_context(open_api(settings, record=False, key=key))
         client = api.client

@@ -64,6 +64,21 @@ async def test_unwritable_output_says_which_file_and_what_to_do(tmp_path: Path) 
     assert requests == 0  # the sink opens before the first request
 
 
+async def test_a_bad_window_with_all_users_fails_before_the_team_list_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """--all-users needs a request for the team; a bad window is found before that one."""
+    async with serve(SimulatorConfig(team_size=10)) as sim:
+        result = await run_cli([
+            "export", "--base-url", sim.base_url, "--all-users",
+            "--start", "2024-02-01", "--end", "2024-01-01", "--out", str(tmp_path / "s.jsonl"),
+        ])  # fmt: skip
+        requests = sim.stats.requests
+    assert result.returncode == ExitCode.USAGE
+    assert "start" in result.stderr
+    assert requests == 0
+
+
 async def test_unwritable_report_is_named_with_a_fix(tmp_path: Path) -> None:
     """A report path that cannot be written is named, with what to check, exit 5."""
     blocker = tmp_path / "a-file"
