@@ -48,6 +48,7 @@ from fetcher.errors import (
 )
 from fetcher.retry import RetryPolicy
 from fetcher.settings import ExportSettings
+from fetcher.windows import resolve_window
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -191,9 +192,7 @@ def classify(error: FetcherError, *, base_url: str, timeout: float) -> CheckResu
 
 def _probe_spec(user: str, *, now: dt.datetime) -> QuerySpec:
     """Yesterday (UTC) for one user, one row per page: the smallest real query."""
-    day = now.astimezone(dt.UTC).date() - dt.timedelta(days=1)
-    start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
-    end = dt.datetime.combine(day, dt.time(23, 59, 59, 999000), tzinfo=dt.UTC)
+    start, end = resolve_window("yesterday", zone=dt.UTC, now=now)
     return QuerySpec(user_ids=(user,), start=start, end=end, type="prospect", page_size=1)
 
 

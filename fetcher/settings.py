@@ -52,7 +52,7 @@ from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY
 from fetcher.errors import ConfigError
 from fetcher.limits import Rate
 from fetcher.spec import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CountBy, QuerySpec, ReportType, SortOrder
-from fetcher.windows import parse_slice, resolve_window, split_window
+from fetcher.windows import day_end, day_start, parse_slice, resolve_window, split_window
 
 __all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", "resolve_api_key"]
 
@@ -80,7 +80,9 @@ def parse_when(value: str, *, zone: dt.tzinfo, end_of_day: bool) -> dt.datetime:
 
     A bare date means the start of that day (``00:00:00.000``) for a start,
     and its last millisecond (``23:59:59.999``) for an end, as in the
-    reference page's example window.
+    reference page's example window: :func:`~fetcher.windows.day_start` and
+    :func:`~fetcher.windows.day_end`, as for ``--window`` and the slices, so
+    days where the clocks change at midnight are bounded the same way.
 
     Raises:
         ValueError: with the accepted forms.
@@ -89,8 +91,7 @@ def parse_when(value: str, *, zone: dt.tzinfo, end_of_day: bool) -> dt.datetime:
     try:
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
-            clock = dt.time(23, 59, 59, 999000) if end_of_day else dt.time(0)
-            return dt.datetime.combine(day, clock, tzinfo=zone)
+            return day_end(day, zone) if end_of_day else day_start(day, zone)
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(

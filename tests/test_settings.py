@@ -131,6 +131,19 @@ def test_dates_and_zones() -> None:
         parse_when("01/02/2024", zone=dt.UTC, end_of_day=False)
 
 
+def test_bare_dates_are_bounded_like_windows_where_clocks_change_at_midnight() -> None:
+    """--start/--end dates give the same day bounds as --window and the slices.
+
+    In Santiago, 2024-04-06 has 23:00-24:00 twice: the day ends at the later
+    23:59:59.999 (-04:00), not the earlier one, which would drop an hour.
+    """
+    santiago = ZoneInfo("America/Santiago")
+    end = parse_when("2024-04-06", zone=santiago, end_of_day=True)
+    assert end.isoformat(timespec="milliseconds") == "2024-04-06T23:59:59.999-04:00"
+    start = parse_when("2024-09-08", zone=santiago, end_of_day=False)  # no midnight that day
+    assert start.isoformat(timespec="milliseconds") == "2024-09-08T01:00:00.000-03:00"
+
+
 def test_queries_one_per_type() -> None:
     """--type prospect,email makes one validated query per report type."""
     settings = load_settings(
