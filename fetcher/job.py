@@ -91,7 +91,7 @@ async def run_job(
         table=settings.table,
         postgres_dsn=settings.postgres_dsn,
     )
-    users = None if settings.all_users else _configured_users(settings)
+    users = None if settings.needs_team_list else settings.user_ids()
     settings.slices(now=now)  # a bad window fails here, before the team list is asked for
     async with AsyncExitStack() as stack:
         api = await stack.enter_async_context(open_api(settings, record=False, key=key))
@@ -103,7 +103,7 @@ async def run_job(
         if state_path is not None:
             stack.enter_context(RunLock(state_path))
         identity = settings.job_identity(users)
-        after = _catch_up_from(settings, identity) if settings.catch_up else None
+        after = catch_up_from(settings, identity) if settings.catch_up else None
         specs = settings.queries(users, now=now, after=after)
         details = _describe(settings, specs, after)
         if not specs:
@@ -139,15 +139,12 @@ async def run_job(
     return JobOutcome(summary, sink, details=details)
 
 
-def _configured_users(settings: ExportSettings) -> list[str] | None:
-    """The explicit users, or ``None`` to fetch the team (asked for, or the simulator's)."""
-    if settings.users is None and settings.users_file is None and settings.uses_simulator:
-        return None
-    return settings.user_ids()
+def catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:
+    """The end of the last window this job completed, from the state's ledger.
 
-
-def _catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:
-    """The end of the last window this job completed, from the state's ledger."""
+    Raises:
+        ConfigError: ``--catch-up`` without a state file to read it from.
+    """
     state_path = settings.state_path
     if state_path is None:
         raise ConfigError("--catch-up needs a state file; pass --state PATH", field="--catch-up")

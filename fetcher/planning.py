@@ -322,20 +322,13 @@ def _seconds(value: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _needs_team_list(settings: ExportSettings) -> bool:
-    """Whether the export asks the API for its users (as ``run_job`` decides)."""
-    explicit = settings.users is not None or settings.users_file is not None
-    return settings.all_users or (settings.uses_simulator and not explicit)
-
-
 def _catch_up_after(settings: ExportSettings, users: list[str]) -> dt.datetime | None:
-    if not settings.catch_up or settings.state_path is None:
+    """Where ``--catch-up`` starts, as the export would find it."""
+    if not settings.catch_up:
         return None
-    from fetcher.state import RunState  # noqa: PLC0415  (only with --catch-up)
+    from fetcher.job import catch_up_from  # noqa: PLC0415  (only with --catch-up)
 
-    state = RunState.load(settings.state_path)
-    completed = state.ledger.get(settings.job_identity(users)) if state else None
-    return dt.datetime.fromisoformat(completed) if completed else None
+    return catch_up_from(settings, settings.job_identity(users))
 
 
 def _estimate(
@@ -424,16 +417,16 @@ async def make_plan(
         ConnectError: the API cannot be reached.
         FetcherError: the team member list could not be fetched.
     """
-    team_list = _needs_team_list(settings)
+    team_list = settings.needs_team_list
     users = None if team_list else settings.user_ids()
     settings.slices(now=now)  # a bad window fails here, before any request
     notes: list[str] = []
     if not probe and users is not None:
         specs = settings.queries(users, now=now, after=_catch_up_after(settings, users))
         return _plan(settings, specs, [_estimate(spec) for spec in specs], users, notes=notes)
-    # The team list is retried like in an export; probes are not (see below).
-    retry = RetryPolicy(attempts=settings.max_attempts, max_retry_after_s=settings.max_retry_after)
-    async with open_api(settings, retry=retry, key=key) as api:
+    # The team list is retried like in an export (open_api's default policy);
+    # probes are not (see below).
+    async with open_api(settings, key=key) as api:
         if users is None:
             users = [member.user_id for member in await api.client.team_members()]
         after = _catch_up_after(settings, users)
@@ -484,7 +477,7 @@ def _plan(
         types=tuple(settings.type),
         users=len(users),
         batch_size=settings.user_batch_size,
-        team_list=_needs_team_list(settings),
+        team_list=settings.needs_team_list,
         probed=probed,
         requests_sent=len(observed),
         rate=settings.rate,

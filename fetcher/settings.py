@@ -281,6 +281,15 @@ class ExportSettings(BaseSettings):
         return self.base_url == SIMULATOR_URL
 
     @property
+    def needs_team_list(self) -> bool:
+        """Whether the users come from the API's team member list.
+
+        With ``all_users``, or against the built-in simulator when no users are given.
+        """
+        explicit = self.users is not None or self.users_file is not None
+        return self.all_users or (self.uses_simulator and not explicit)
+
+    @property
     def state_path(self) -> Path | None:
         """Where checkpoints go: ``--state``, else beside the output, else nowhere."""
         if self.state is not None:

@@ -189,3 +189,11 @@ def test_minimum_time_is_the_largest_bound() -> None:
     assert plan.min_run_s_latency == pytest.approx(6.0)  # 30 rounds of 4 x 0.2 s
     assert plan.min_run_s == pytest.approx(11.0)
     assert replace(plan, rate=None).min_run_s == pytest.approx(6.0)
+
+
+async def test_plan_catch_up_without_a_state_file_is_refused_like_export(tmp_path: Path) -> None:
+    """`fetcher plan --catch-up` reads the ledger export reads, so it needs the same state file."""
+    args = ["--base-url", "simulator", "--users", "a", "--window", "yesterday", "--catch-up"]
+    result = await run_cli(["plan", *args, "--no-probe"], key=None, cwd=tmp_path)
+    assert result.returncode == ExitCode.USAGE
+    assert "--catch-up needs a state file" in result.stderr
