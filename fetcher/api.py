@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pydantic import SecretStr
@@ -91,8 +91,6 @@ class ApiSession:
     client: Client
     transport: RecordingTransport | None
     base_url: str
-    simulator: RunningSimulator | None = None
-    key: SecretStr = field(default_factory=lambda: SecretStr(""), repr=False)
 
 
 def api_key(settings: ExportSettings) -> SecretStr:
@@ -140,7 +138,6 @@ async def open_api(
         )
     async with contextlib.AsyncExitStack() as stack:
         base_url = settings.base_url
-        simulator = None
         if settings.uses_simulator:
             simulator = await stack.enter_async_context(_simulator(settings, key))
             base_url = simulator.base_url
@@ -166,7 +163,7 @@ async def open_api(
                 transport=transport or sender,
             )
         )
-        yield ApiSession(client, transport, base_url, simulator, key)
+        yield ApiSession(client, transport, base_url)
 
 
 def _simulator(

@@ -286,14 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = frozenset({"command", "config", "debug", "fresh"})
-
-
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that are settings (``--fresh``, ``--debug``, ... are the command's own)."""
     return {
         name: value
         for name, value in vars(args).items()
-        if value is not None and name not in _NOT_SETTINGS and name in ExportSettings.model_fields
+        if value is not None and name in ExportSettings.model_fields
     }
 
 
