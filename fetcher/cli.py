@@ -32,7 +32,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -63,6 +62,7 @@ from fetcher.progress import ProgressDisplay, current_stderr, wants_progress
 from fetcher.runner import Paginator, RunSummary
 from fetcher.settings import ExportSettings, load_settings, resolve_api_key
 from fetcher.sinks import Sink
+from fetcher.sinks._common import write_atomically
 from fetcher.sinks.postgres import dsn_secrets
 
 if TYPE_CHECKING:
@@ -298,24 +298,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 def write_report(path: Path, summary: RunSummary, **extra: Any) -> None:
     """Write the run report atomically (a reader never sees half a report)."""
     data = {**summary.to_dict(), **extra, "fetcher_version": __version__}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def _say(message: str) -> None:

@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import orjson
 import structlog
 
 from fetcher.errors import ConfigError
+from fetcher.sinks._common import write_atomically
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -214,26 +214,7 @@ class RunState:
         """Replace the file atomically and durably (temp file, fsync, rename, fsync dir)."""
         self.updated_at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         data = orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2)
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)  # it names the account's user ids
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomically(self.path, data, mode=0o600)  # it names the account's user ids
 
     def spec_of(self, key: str) -> dict[str, Any]:
         """A query's spec as recorded, its user ids filled back in."""

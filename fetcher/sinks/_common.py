@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -35,6 +36,7 @@ __all__ = [
     "partial_path",
     "provenance",
     "replace_atomically",
+    "write_atomically",
     "writing",
 ]
 
@@ -65,6 +67,29 @@ def provenance(page: Page) -> dict[str, Any]:
         "_window_end": query.end.isoformat(timespec="milliseconds"),
         "_fetched_at": page.fetched_at.isoformat(timespec="milliseconds"),
     }
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one.
+
+    The data goes to a temporary file beside ``path``, created with ``mode``
+    less the umask (the kernel applies it: no process-wide umask juggling),
+    synced, then renamed onto ``path`` with :func:`replace_atomically`. On any
+    failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        replace_atomically(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def replace_atomically(source: Path, target: Path) -> None:
