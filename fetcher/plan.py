@@ -84,10 +84,9 @@ class QueryPlan:
     failed: dict[int, FetcherError] = field(default_factory=dict)
     discarded: int = 0
     records: int = 0
-    #: accepted pages, held until the query is consolidated
+    #: accepted pages, held until the query is consolidated, in the order their
+    #: answers arrived (a page is accepted once, so insertion order is arrival order)
     pages: dict[int, Page] = field(default_factory=dict)
-    #: page numbers in the order their answers arrived
-    arrivals: list[int] = field(default_factory=list)
     finalized: bool = False
     #: consolidation: records dropped as repeats, users still missing, repairs made
     duplicates: int = 0
@@ -211,7 +210,6 @@ class QueryPlan:
         self.done.add(number)
         self.records += count
         self.pages[number] = page
-        self.arrivals.append(number)
         return True
 
     def fail(self, number: int, error: FetcherError) -> None:
@@ -255,7 +253,7 @@ def consolidate(
         ShapeError: a record has no user id, so rows cannot be told apart.
     """
     end = plan.end if plan.end is not None else math.inf
-    own = [plan.pages[n] for n in plan.arrivals if n <= end]
+    own = [page for number, page in plan.pages.items() if number <= end]
     winners: dict[Any, tuple[int, dict[str, Any]]] = {}
     rows = 0
     for page in own:
