@@ -216,7 +216,6 @@ class QueryView:
     window_end: dt.datetime
     pages_done: int
     pages_total: int | None
-    finished: bool
     failed_pages: int
 
 
@@ -289,8 +288,6 @@ class Paginator:
         self.workers = 2 * self.concurrency
 
         def plan_of(spec: QuerySpec) -> QueryPlan:
-            if not skip:
-                return QueryPlan(spec, max_pages=max_pages)
             key = spec.key
             done = skip.get(key, frozenset())
             end, total = known.get(key, (None, None)) if done else (None, None)
@@ -375,8 +372,7 @@ class Paginator:
             try:
                 page = await self.client.fetch_page(plan.spec, number)
             except FetcherError as error:
-                self.requests += max(error.attempts, 1)
-                self.retries += max(error.attempts - 1, 0)
+                self._count(max(error.attempts, 1))
                 plan.fail(number, error)
                 self._notify()
                 if self._is_fatal(error):
@@ -390,8 +386,7 @@ class Paginator:
                     error=str(error),
                 )
             else:
-                self.requests += page.attempts
-                self.retries += page.attempts - 1
+                self._count(page.attempts)
                 self.pages_ok += 1
                 try:
                     self._check_shape(page)
@@ -493,8 +488,7 @@ class Paginator:
         pages = []
         for number in range(1, max(1, -(-expected // MAX_PAGE_SIZE)) + 1):
             page = await self.client.fetch_page(spec, number)
-            self.requests += page.attempts
-            self.retries += page.attempts - 1
+            self._count(page.attempts)
             self.repair_requests += page.attempts
             plan.repair_pages += 1
             pages.append(
@@ -507,6 +501,11 @@ class Paginator:
             )
         return pages
 
+    def _count(self, attempts: int) -> None:
+        """Count one page's requests: its first attempt and each retry."""
+        self.requests += attempts
+        self.retries += max(attempts - 1, 0)
+
     def snapshot(self) -> RunSnapshot:
         """The run's progress right now; cheap enough to poll a few times a second."""
         plans = self.schedule.plans
@@ -515,7 +514,8 @@ class Paginator:
         for plan in plans:
             done = len(plan.done)
             pages_done += done
-            failed += len(plan.missing)
+            missing = len(plan.missing)
+            failed += missing
             if plan.finished:
                 finished += 1
             total = plan.end if plan.end is not None else plan.total_pages
@@ -532,8 +532,7 @@ class Paginator:
                         window_end=plan.spec.end,
                         pages_done=done,
                         pages_total=total,
-                        finished=plan.finished,
-                        failed_pages=len(plan.missing),
+                        failed_pages=missing,
                     )
                 )
         limiter = self.client.limiter
@@ -815,9 +814,7 @@ def _prepare_resume(checkpoint: Checkpointer, sink: Sink) -> None:
         checkpoint.restart()
 
 
-async def _watch(
-    watch: Callable[[Paginator], Awaitable[None]], paginator: Paginator, tg: TaskGroup
-) -> None:
+async def _watch(watch: Callable[[Paginator], Awaitable[None]], paginator: Paginator) -> None:
     """Run the watcher until the fetch is over (it must not outlive the run)."""
     with anyio.CancelScope() as scope:
         paginator.on_done(scope.cancel)
@@ -869,7 +866,7 @@ async def _export(
         async with anyio.create_task_group() as tg:
             tg.start_soon(paginator.run, send)
             if watch is not None:
-                tg.start_soon(_watch, watch, paginator, tg)
+                tg.start_soon(_watch, watch, paginator)
             async with receive:
                 async for page in receive:
                     sink_error = await _write(sink, page, checkpoint, plans)

@@ -32,7 +32,7 @@ import datetime as dt
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -293,7 +293,6 @@ class Checkpointer:
         # worth of records alive after the sink has them.
         self._pending: list[tuple[str, int, int]] = []
         self._last = time.monotonic()
-        self.commits = 0
 
     @classmethod
     def open(
@@ -414,7 +413,6 @@ class Checkpointer:
         await anyio.to_thread.run_sync(state.save)
         self._pending.clear()
         self._last = time.monotonic()
-        self.commits += 1
 
     @property
     def expected_records_path(self) -> str | None:
@@ -436,10 +434,3 @@ class Checkpointer:
         if shape:
             self.state.shape = dict(shape)
         await anyio.to_thread.run_sync(self.state.save)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[RunLock]:
-    """Hold the run lock for ``path`` (see :class:`RunLock`)."""
-    with RunLock(path) as lock:
-        yield lock

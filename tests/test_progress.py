@@ -69,7 +69,6 @@ def view(done: int, total: int | None) -> QueryView:
         window_end=day + dt.timedelta(hours=23, minutes=59, seconds=59),
         pages_done=done,
         pages_total=total,
-        finished=False,
         failed_pages=0,
     )
 
