@@ -25,7 +25,7 @@ from fetcher.limits import header_int, parse_reset
 from fetcher.models import ResponseShape
 from fetcher.retry import RetryPolicy
 from fetcher.settings import ExportSettings, resolve_api_key
-from fetcher.transport import AiohttpTransport, Request, Response, Transport, tls_context
+from fetcher.transport import AiohttpTransport, Request, Response, Transport
 
 if TYPE_CHECKING:
     from fetcher.simulator import RunningSimulator
@@ -142,11 +142,11 @@ async def open_api(
             simulator = await stack.enter_async_context(_simulator(settings, key))
             base_url = simulator.base_url
         limit = concurrency or settings.concurrency
-        sender = AiohttpTransport(
+        sender = AiohttpTransport.for_client(
             timeout=settings.timeout,
-            max_connections=max(limit, 1) * 2,
+            concurrency=limit,
             max_body_bytes=settings.max_body_bytes,
-            ssl_context=tls_context(settings.ca_bundle),
+            ca_bundle=settings.ca_bundle,
         )
         transport = RecordingTransport(sender) if record else None
         client = await stack.enter_async_context(

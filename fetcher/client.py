@@ -54,7 +54,6 @@ from fetcher.transport import (
     Request,
     Response,
     Transport,
-    tls_context,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +64,7 @@ __all__ = ["DEFAULT_BASE_URL", "TEAM_MEMBERS_PATH", "TEAM_STATS_PATH", "Client"]
 DEFAULT_BASE_URL: Final = "https://open-api.saleshandy.com"
 TEAM_STATS_PATH: Final = "/v1/analytics/team/stats"
 TEAM_MEMBERS_PATH: Final = "/v1/user/team-member-list"
+_USER_AGENT: Final = f"fetcher/{__version__}"
 DEFAULT_CONCURRENCY: Final = 16
 
 log = structlog.get_logger("fetcher.client")
@@ -149,11 +149,11 @@ class Client:
             rate=rate_limit, max_in_flight=concurrency, max_pause_s=self.retry.max_retry_after_s
         )
         self.timeouts = AdaptiveTimeout(timeout)
-        self._transport: Transport = transport or AiohttpTransport(
+        self._transport: Transport = transport or AiohttpTransport.for_client(
             timeout=timeout,
-            max_connections=max(concurrency, 1) * 2,
+            concurrency=concurrency,
             max_body_bytes=max_body_bytes,
-            ssl_context=tls_context(ca_bundle),
+            ca_bundle=ca_bundle,
         )
         self._rng = random.Random()  # noqa: S311  (backoff jitter)
         self._task_group: TaskGroup | None = None
@@ -180,16 +180,20 @@ class Client:
 
     # -- one page ---------------------------------------------------------
 
+    def _headers(self, **extra: str) -> dict[str, str]:
+        """Every request's headers (the key only here, at the last moment), plus ``extra``."""
+        return {
+            "x-api-key": self._api_key.get_secret_value(),
+            "accept": "application/json",
+            "user-agent": _USER_AGENT,
+            **extra,
+        }
+
     def _request(self, spec: QuerySpec, number: int) -> Request:
         return Request(
             method="POST",
             url=self.base_url + TEAM_STATS_PATH,
-            headers={
-                "x-api-key": self._api_key.get_secret_value(),
-                "content-type": "application/json",
-                "accept": "application/json",
-                "user-agent": f"fetcher/{__version__}",
-            },
+            headers=self._headers(**{"content-type": "application/json"}),
             content=orjson.dumps(spec.body(number)),
             page=PageRef(spec.key, number),
         )
@@ -328,11 +332,7 @@ class Client:
         request = Request(
             method="GET",
             url=self.base_url + TEAM_MEMBERS_PATH,
-            headers={
-                "x-api-key": self._api_key.get_secret_value(),
-                "accept": "application/json",
-                "user-agent": f"fetcher/{__version__}",
-            },
+            headers=self._headers(),
             page=PageRef("team-member-list", 1),
         )
         ref = request.page

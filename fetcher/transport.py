@@ -169,6 +169,27 @@ class AiohttpTransport:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
+    @classmethod
+    def for_client(
+        cls,
+        *,
+        timeout: float,
+        concurrency: int,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        ca_bundle: str | os.PathLike[str] | None = None,
+    ) -> AiohttpTransport:
+        """The transport a client with ``concurrency`` requests in flight uses by default.
+
+        The pool holds twice as many connections as requests in flight, as the
+        runner has twice as many workers (see :mod:`fetcher.runner`).
+        """
+        return cls(
+            timeout=timeout,
+            max_connections=max(concurrency, 1) * 2,
+            max_body_bytes=max_body_bytes,
+            ssl_context=tls_context(ca_bundle),
+        )
+
     def _get_session(self) -> aiohttp.ClientSession:
         # Created on first use so that it binds to the running event loop.
         if self._session is None or self._session.closed:
