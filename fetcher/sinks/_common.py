@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 import anyio
 
 from fetcher.errors import SinkError
-from fetcher.sinks._schema import COLUMNS
+from fetcher.sinks._schema import COLUMNS, dedupe, rows
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -32,6 +32,7 @@ __all__ = [
     "PARTIAL_SUFFIX",
     "AppendOnlyFile",
     "FileSink",
+    "TableSink",
     "check_columns",
     "partial_path",
     "provenance",
@@ -310,6 +311,47 @@ class FileSink:
             await self._file.finish(self.path, records=self.records)
         else:
             self._file.abort(records=self.records)
+
+
+class TableSink:
+    """What the database sinks share: per-page transactions, so no checkpoint token.
+
+    A subclass opens its connection in ``__aenter__``, writes one page's rows
+    in one transaction in :meth:`_write_rows`, and closes in ``__aexit__``,
+    ending with :meth:`_log_end`.
+    """
+
+    records: int
+
+    def resume_from(self, token: Mapping[str, Any]) -> None:
+        """Accept any checkpoint: rows are committed per page and upserts are idempotent."""
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Nothing to do: every page was committed when it was written."""
+        return {}
+
+    async def write(self, page: Page) -> None:
+        """Upsert the page's rows (one per user) in one transaction.
+
+        Raises:
+            SinkError: a record cannot be keyed, or the database refused the rows
+                (nothing of the page is kept then).
+        """
+        page_rows = dedupe(rows(page))
+        if not page_rows:
+            return
+        await self._write_rows(page_rows, page)
+        self.records += len(page_rows)
+
+    async def _write_rows(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
+        raise NotImplementedError
+
+    def _log_end(self, exc_type: object, log: FilteringBoundLogger, **where: Any) -> None:
+        """``output.complete``, or ``output.incomplete`` when the run failed."""
+        if exc_type is not None:
+            log.warning("output.incomplete", **where, records=self.records)
+        else:
+            log.info("output.complete", **where, records=self.records)
 
 
 def check_columns(found: Sequence[str], where: str) -> None:

@@ -54,7 +54,7 @@ import anyio
 import structlog
 
 from fetcher.errors import SinkError
-from fetcher.sinks._common import check_columns
+from fetcher.sinks._common import TableSink, check_columns
 from fetcher.sinks._schema import (
     COLUMN_KINDS,
     COLUMNS,
@@ -62,9 +62,7 @@ from fetcher.sinks._schema import (
     ColumnKind,
     check_table_name,
     create_table_sql,
-    dedupe,
     quote_ident,
-    rows,
     upsert_tail,
 )
 
@@ -137,7 +135,7 @@ def _parameters(page_rows: list[tuple[Any, ...]]) -> list[Any]:
     return [first[i] if name in _PER_PAGE else list(columns[i]) for i, name in enumerate(COLUMNS)]
 
 
-class DuckDBSink:
+class DuckDBSink(TableSink):
     """Upserts every record into ``table`` of the DuckDB database file ``path``.
 
     Args:
@@ -165,13 +163,6 @@ class DuckDBSink:
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         assert self._limiter is not None, "use the sink as an async context manager"
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
-
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Accept any checkpoint: rows are committed per page and upserts are idempotent."""
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Nothing to do: every page was committed when it was written."""
-        return {}
 
     async def __aenter__(self) -> Self:
         self._limiter = anyio.CapacityLimiter(1)
@@ -228,17 +219,8 @@ class DuckDBSink:
         ]
         check_columns(found, f"table {self.table!r} in {self.path}")
 
-    async def write(self, page: Page) -> None:
-        """Upsert the page's rows in one transaction.
-
-        Raises:
-            SinkError: a record cannot be keyed, or DuckDB refused the rows.
-        """
-        page_rows = dedupe(rows(page))
-        if not page_rows:
-            return
+    async def _write_rows(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
         await self._run(self._upsert, page_rows, page)
-        self.records += len(page_rows)
 
     def _upsert(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
         import duckdb  # noqa: PLC0415
@@ -268,9 +250,4 @@ class DuckDBSink:
         # Committed pages stay whatever happened; closing also checkpoints
         # DuckDB's write-ahead log into the file.
         await self._run(connection.close)
-        if exc_type is not None:
-            log.warning(
-                "output.incomplete", path=str(self.path), table=self.table, records=self.records
-            )
-        else:
-            log.info("output.complete", path=str(self.path), table=self.table, records=self.records)
+        self._log_end(exc_type, log, path=str(self.path), table=self.table)

@@ -39,16 +39,14 @@ from pydantic import SecretStr
 
 from fetcher.errors import ConfigError, SinkError
 from fetcher.logs import REDACTED
-from fetcher.sinks._common import check_columns
+from fetcher.sinks._common import TableSink, check_columns
 from fetcher.sinks._schema import (
     COLUMNS,
     DEFAULT_TABLE,
     ColumnKind,
     check_table_name,
     create_table_sql,
-    dedupe,
     quote_ident,
-    rows,
     upsert_tail,
 )
 
@@ -147,7 +145,7 @@ def _require_asyncpg() -> None:
         ) from None
 
 
-class PostgresSink:
+class PostgresSink(TableSink):
     """Upserts every record into ``table`` of a PostgreSQL database.
 
     Args:
@@ -190,13 +188,6 @@ class PostgresSink:
 
     def _error(self, what: str, exc: BaseException) -> str:
         return self._redact(f"{what}: {type(exc).__name__}: {exc}")
-
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Accept any checkpoint: rows are committed per page and upserts are idempotent."""
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Nothing to do: every page was committed when it was written."""
-        return {}
 
     async def __aenter__(self) -> Self:
         import asyncpg  # noqa: PLC0415  (optional dependency)
@@ -245,20 +236,11 @@ class PostgresSink:
                 + "; choose another --table, or check the user's rights"
             ) from None
 
-    async def write(self, page: Page) -> None:
-        """Upsert the page's rows in one transaction.
-
-        Raises:
-            SinkError: a record cannot be keyed, or PostgreSQL refused the rows
-                or the connection was lost (nothing of the page is kept then).
-        """
+    async def _write_rows(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
         import asyncpg  # noqa: PLC0415
 
         connection = self._connection
         assert connection is not None, "use the sink as an async context manager"
-        page_rows = dedupe(rows(page))
-        if not page_rows:
-            return
         try:
             async with connection.transaction():
                 await connection.executemany(self._sql, page_rows)
@@ -267,7 +249,6 @@ class PostgresSink:
                 self._error(f"PostgreSQL could not write to table {self.table!r}", exc),
                 page=page.ref,
             ) from None
-        self.records += len(page_rows)
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         import asyncpg  # noqa: PLC0415
@@ -279,9 +260,4 @@ class PostgresSink:
             await connection.close(timeout=self.connect_timeout)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             connection.terminate()  # committed pages are safe; just let go
-        if exc_type is not None:
-            log.warning(
-                "output.incomplete", target=self.target, table=self.table, records=self.records
-            )
-        else:
-            log.info("output.complete", target=self.target, table=self.table, records=self.records)
+        self._log_end(exc_type, log, target=self.target, table=self.table)
