@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import email.utils
 import math
 import re
 import time
@@ -47,6 +46,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import anyio
+
+from fetcher.retry import parse_retry_after
 
 __all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "parse_reset"]
 
@@ -169,14 +170,13 @@ def parse_reset(value: str, *, now_wall: float) -> float | None:
         if number >= _EPOCH_THRESHOLD * 1000:  # epoch milliseconds
             return number / 1000 - now_wall
         return number - now_wall if number >= _EPOCH_THRESHOLD else number
-    when: dt.datetime | None
+    seconds = parse_retry_after(text, now=now_wall)  # an HTTP date, as Retry-After has it
+    if seconds is not None:
+        return seconds
     try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            return None
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp() - now_wall

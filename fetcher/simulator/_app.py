@@ -27,7 +27,13 @@ from fetcher.simulator._ratelimit import Decision, FixedWindowLimiter
 from fetcher.simulator._report import ReportEngine, Result
 from fetcher.simulator._stats import EventKind, RequestEvent, SimulatorStats
 from fetcher.simulator._team import Member, build_team, stable_unit
-from fetcher.simulator._validation import InvalidBodyError, Query, check_page, parse_body
+from fetcher.simulator._validation import (
+    InvalidBodyError,
+    Query,
+    check_page,
+    is_int,
+    parse_body,
+)
 
 __all__ = [
     "STATS_PATH",
@@ -93,10 +99,6 @@ class _Trace:
     query: str | None = None
     status: int | None = None
     success: bool = False
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _query_key(body: dict[str, Any]) -> str:
@@ -248,7 +250,7 @@ class _Simulator:
             body = None
         if isinstance(body, dict):
             trace.query = _query_key(body)
-            if _is_int(body.get("page")):
+            if is_int(body.get("page")):
                 trace.page = body["page"]
                 self.stats.page_requested(trace.query, body["page"])
         decision, headers = self._limit(request)

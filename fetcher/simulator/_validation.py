@@ -15,7 +15,7 @@ from typing import Any, Final, cast
 
 from fetcher.spec import METRICS_BY_TYPE, CountBy, ReportType, SortOrder
 
-__all__ = ["FIELDS", "InvalidBodyError", "Query", "check_page", "parse_body"]
+__all__ = ["FIELDS", "InvalidBodyError", "Query", "check_page", "is_int", "parse_body"]
 
 #: The nine body fields, in the reference page's order.
 FIELDS: Final = (
@@ -72,7 +72,7 @@ class Query:
         )
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     # JSON true/false arrive as bool, a subclass of int, and must not pass as numbers.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -80,7 +80,7 @@ def _is_int(value: object) -> bool:
 def _check_positive_int(
     name: str, value: object, problems: list[str], maximum: int | None = None
 ) -> None:
-    if not _is_int(value):
+    if not is_int(value):
         problems.append(f"{name} must be an integer number")
     elif cast(int, value) < 1:
         problems.append(f"{name} must not be less than 1")

@@ -21,7 +21,6 @@ replaces rows rather than adding to them.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import os
 from pathlib import Path
@@ -31,6 +30,7 @@ import structlog
 
 from fetcher.sinks._common import AppendOnlyFile, FileSink, partial_path
 from fetcher.sinks._schema import COLUMNS, SCHEMA_ID, rows
+from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -41,10 +41,6 @@ log = structlog.get_logger("fetcher.sinks.csv")
 
 #: UTF-8 text; the header and every row end with CRLF, as RFC 4180 has it.
 ENCODING: Final = "utf-8"
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat(timespec="milliseconds")
 
 
 def _encode(table: list[tuple[Any, ...]] | list[tuple[str, ...]]) -> bytes:
@@ -66,7 +62,7 @@ def encode_page(page: Page) -> bytes:
     """
     # csv writes None as an empty field and ints as digits; timestamps are
     # formatted once per page by rows().
-    return _encode(rows(page, timestamp=_iso))
+    return _encode(rows(page, timestamp=format_api_datetime))
 
 
 class CsvSink(FileSink):
