@@ -79,6 +79,7 @@ __all__ = [
     "METRICS",
     "METRIC_COLUMNS",
     "METRIC_COLUMN_NAMES",
+    "PER_PAGE_COLUMNS",
     "SCHEMA_ID",
     "USER_ID_INDEX",
     "VALUE_COLUMNS",
@@ -145,6 +146,12 @@ COLUMNS: Final[tuple[str, ...]] = (
 
 #: The natural key: one user's counts of one report over one window.
 KEY_COLUMNS: Final[tuple[str, ...]] = ("window_start", "window_end", "type", "count_by", "user_id")
+
+#: Columns with one value for every row of a page (:func:`rows` repeats it):
+#: sinks that take columns pass them once per page, not once per row.
+PER_PAGE_COLUMNS: Final = frozenset(
+    {"window_start", "window_end", "type", "count_by", "fetched_at"}
+)
 
 #: The columns an upsert replaces: everything but the key.
 VALUE_COLUMNS: Final[tuple[str, ...]] = tuple(c for c in COLUMNS if c not in KEY_COLUMNS)

@@ -49,7 +49,14 @@ from fetcher.sinks._common import (
     replace_atomically,
     writing,
 )
-from fetcher.sinks._schema import COLUMN_KINDS, COLUMNS, KEY_COLUMNS, SCHEMA_ID, rows
+from fetcher.sinks._schema import (
+    COLUMN_KINDS,
+    COLUMNS,
+    KEY_COLUMNS,
+    PER_PAGE_COLUMNS,
+    SCHEMA_ID,
+    rows,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -161,9 +168,13 @@ class ParquetSink(FileSink):
 
         schema = self.schema
         columns = list(zip(*rows(page), strict=True))
+        count = len(columns[0])
         batch = pa.RecordBatch.from_arrays(
             [
-                pa.array(values, type=field.type)
+                # A page-wide value is converted once and repeated, not once per row.
+                pa.repeat(pa.scalar(values[0], type=field.type), count)
+                if field.name in PER_PAGE_COLUMNS
+                else pa.array(values, type=field.type)
                 for values, field in zip(columns, schema, strict=True)
             ],
             schema=schema,
