@@ -366,13 +366,14 @@ def scenario_b(sizes: Sizes, tmp: Path, **_: Any) -> dict[str, Any]:
         stage = Stage.of(sim, tmp, days=1, page_size=10)
         runs = [
             stage.fetcher("headers only"),
+            # A configured rate raises the default concurrency to one window of it
+            # (40 here), so that a window's quota goes out in one round trip.
             stage.fetcher(f"--rate-limit {rate}", "--rate-limit", rate),
-            # The same with enough requests in flight to send a window's quota in
-            # one round trip: what is left of the gap at the defaults is the
-            # in-flight cap (16), not the limiter.
+            # The same held at the old default of 16 in flight: the last window's
+            # requests then need three round trips instead of one.
             stage.fetcher(
-                f"--rate-limit {rate} --concurrency {limit}",
-                "--rate-limit", rate, "--concurrency", str(limit),
+                f"--rate-limit {rate} --concurrency 16",
+                "--rate-limit", rate, "--concurrency", "16",
             ),
         ]  # fmt: skip
     pages = pages_of(sizes.limit_team, 10)
@@ -380,11 +381,12 @@ def scenario_b(sizes: Sizes, tmp: Path, **_: Any) -> dict[str, Any]:
     # the last request's latency.
     ideal = (math.ceil(pages / limit) - 1) * window + latency / 1000
     rows, figures = [], []
-    for configured, run in zip((False, True, True), runs, strict=True):
+    # The targets are about fetcher at its defaults; the last run is for reference.
+    for configured, run in zip((False, True, None), runs, strict=True):
         fetch_s = run.fetch_s or math.inf
         utilisation = ideal / fetch_s
         ok = utilisation >= 0.9 and run.complete
-        target = f">=0.9 {verdict(ok)}"
+        target = f">=0.9 {verdict(ok)}" if configured is not None else "(reference)"
         if configured:
             target += f"; 0 429s {verdict(run.refused == 0)}"
         rows.append([

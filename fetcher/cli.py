@@ -151,7 +151,11 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--page-size", type=int, help="records per page, 1-1000 (50)")
 
     fetch = parser.add_argument_group("fetching")
-    fetch.add_argument("--concurrency", type=int, help="pages fetched at once (16)")
+    fetch.add_argument(
+        "--concurrency",
+        type=int,
+        help="pages fetched at once (16; with --rate-limit, one window of it, at most 64)",
+    )
     fetch.add_argument("--rate-limit", help="request ceiling, e.g. 30/min or 10/s (none)")
     fetch.add_argument("--timeout", type=float, help="seconds per request (30)")
     fetch.add_argument("--max-attempts", type=int, help="tries per page, retries included (6)")

@@ -15,6 +15,7 @@ itself (see :func:`resolve_api_key`).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -48,7 +49,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY
+from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
 from fetcher.errors import ConfigError
 from fetcher.limits import Rate
 from fetcher.spec import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CountBy, QuerySpec, ReportType, SortOrder
@@ -253,6 +254,17 @@ class ExportSettings(BaseSettings):
     @classmethod
     def _unique_types(cls, value: list[ReportType]) -> list[ReportType]:
         return list(dict.fromkeys(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _concurrency_follows_rate(cls, data: Any) -> Any:
+        """No concurrency given but a rate: one window of it in flight (see default_concurrency)."""
+        if isinstance(data, dict) and data.get("concurrency") is None:
+            rate = data.get("rate_limit")
+            if isinstance(rate, str):
+                with contextlib.suppress(ValueError):  # the field's validator names it
+                    return {**data, "concurrency": default_concurrency(Rate.parse(rate))}
+        return data
 
     @model_validator(mode="after")
     def _one_way_each(self) -> ExportSettings:

@@ -201,6 +201,25 @@ def test_bad_client_options_are_config_errors(options: dict[str, object], field:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("options", "concurrency"),
+    [
+        ({}, 16),
+        ({"rate_limit": "40/1s"}, 40),  # one window of the rate may go at once
+        ({"rate_limit": "5/s"}, 16),  # raised, never lowered
+        ({"rate_limit": "1000/s"}, 64),  # at most 64
+        ({"rate_limit": "40/1s", "concurrency": 8}, 8),  # an explicit value wins
+    ],
+)
+def test_default_concurrency_follows_a_configured_rate(
+    options: dict[str, object], concurrency: int
+) -> None:
+    """Without a concurrency, a configured rate sets how many requests may be in flight."""
+    made = Client(api_key=KEY, **options)  # type: ignore[arg-type]
+    assert made.concurrency == concurrency
+    assert made.limiter.max_in_flight == concurrency
+
+
 def test_pages_needs_the_client_entered() -> None:
     """Using pages() outside `async with` says how to use it."""
     with pytest.raises(RuntimeError, match="async with"):

@@ -90,6 +90,21 @@ async def test_pages_are_fetched_concurrently() -> None:
     assert 4 <= most <= 8
 
 
+async def test_a_configured_rate_sends_a_window_of_it_at_once() -> None:
+    """--rate-limit 40/1s without --concurrency: 40 in flight, not 16; still 40 a second."""
+    config = SimulatorConfig(team_size=1000, latency_ms=150, rate_limit=40, rate_window_s=1.0)
+    async with serve(config) as sim:
+        spec = spec_for(sim, page_size=10)
+        summary = await export(
+            spec, MemorySink(), api_key=KEY, base_url=sim.base_url, rate_limit="40/1s"
+        )
+        most = sim.stats.max_in_flight
+        refused = sim.stats.rate_limited
+    assert summary.ok and summary.records == 1000
+    assert 16 < most <= 40
+    assert refused == 0
+
+
 async def test_async_for_over_client_pages() -> None:
     """`async for page in client.pages(spec)` yields every page once, tagged."""
     async with serve(SimulatorConfig(seed=5, team_size=230)) as sim:

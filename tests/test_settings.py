@@ -36,6 +36,21 @@ def test_precedence_flags_over_env_over_file_over_defaults(
     assert settings.max_attempts == 6  # default
 
 
+def test_concurrency_follows_a_configured_rate_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate from any source sizes the default concurrency; a concurrency from any source wins."""
+    assert load_settings({}).concurrency == 16
+    config = write(tmp_path, 'rate_limit = "40/1s"\n')
+    assert load_settings({}, config_file=config).concurrency == 40
+    assert load_settings({"concurrency": 4}, config_file=config).concurrency == 4
+    monkeypatch.setenv("FETCHER_CONCURRENCY", "6")
+    assert load_settings({}, config_file=config).concurrency == 6
+    monkeypatch.delenv("FETCHER_CONCURRENCY")
+    monkeypatch.setenv("FETCHER_RATE_LIMIT", "30/min")
+    assert load_settings({}).concurrency == 30
+
+
 def test_lists_from_env_file_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lists are comma-separated in flags and variables, arrays in TOML."""
     assert load_settings({"type": "prospect,email"}).type == ["prospect", "email"]
