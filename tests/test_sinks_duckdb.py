@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import duckdb
 import pytest
 
@@ -13,7 +17,7 @@ from fetcher.errors import ConfigError, SinkError
 from fetcher.models import Page
 from fetcher.sinks import ResumableSink
 from fetcher.sinks._schema import COLUMNS
-from fetcher.sinks.duckdb import DuckDBSink
+from fetcher.sinks.duckdb import ROW_GROUP_SIZE, DuckDBSink
 from tests import tabular
 
 SPEC = tabular.day_query("prospect")
@@ -127,8 +131,8 @@ async def test_upsert_replaces_rows_and_a_repeated_user_in_a_page_is_written_onc
     assert row["prospect_added"] == 3
 
 
-async def test_blocking_calls_run_in_a_worker_thread(tmp_path: Path) -> None:
-    """DuckDB is called off the event loop's thread."""
+async def test_blocking_calls_run_in_one_thread_of_the_sinks_own(tmp_path: Path) -> None:
+    """DuckDB is called off the event loop's thread, and always from the same thread."""
     threads: list[int] = []
     sink = DuckDBSink(tmp_path / "x.duckdb")
     upsert = sink._upsert
@@ -138,9 +142,15 @@ async def test_blocking_calls_run_in_a_worker_thread(tmp_path: Path) -> None:
         upsert(*args)
 
     sink._upsert = spy  # type: ignore[method-assign,assignment]
-    async with sink:
-        await sink.write(page(1, {"userId": "a"}))
-    assert threads and threads[0] != threading.get_ident()
+    async with sink, anyio.create_task_group() as tg:
+        # Other work keeps anyio's worker threads busy in turn, as a run's
+        # state-file writes do: the sink's calls must still share one thread.
+        for number in range(1, 7):
+            tg.start_soon(anyio.to_thread.run_sync, time.sleep, 0.05)
+            await anyio.sleep(0.01)  # the sleep has taken an idle worker thread
+            await sink.write(page(number, {"userId": f"u{number}"}))
+    assert len(threads) == 6
+    assert set(threads) == {threads[0]} and threads[0] != threading.get_ident()
 
 
 async def test_checkpoint_token_is_empty_and_any_token_resumes(tmp_path: Path) -> None:
@@ -222,3 +232,46 @@ async def test_pages_of_new_keys_are_inserted_and_a_known_key_switches_to_upsert
     rows = {r["user_id"]: r for r in read_table(path)}
     assert sorted(rows) == ["a", "b", "c"]
     assert (rows["a"]["prospect_added"], rows["a"]["opened"]) == (None, 5)
+
+
+async def test_a_file_another_process_holds_fails_on_entry_saying_so(tmp_path: Path) -> None:
+    """DuckDB locks its file: a second program's sink fails before any page, with the fix."""
+    path = tmp_path / "held.duckdb"
+    holder = subprocess.Popen(  # noqa: ASYNC220  (killed below; only reads one line)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\n"
+            f"c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SinkError, match="another program has it open; close that first"):
+            async with DuckDBSink(path):
+                pytest.fail("the sink opened a file another process holds")
+    finally:
+        holder.kill()
+        holder.communicate()  # reaps it and closes its pipe
+
+
+async def test_row_groups_stay_small(tmp_path: Path) -> None:
+    """The file's row groups hold ROW_GROUP_SIZE rows, not DuckDB's 122,880 (peak memory)."""
+    path = tmp_path / "groups.duckdb"
+    users = 25_000  # three row groups and a part
+    async with DuckDBSink(path) as sink:
+        batch = 1000
+        for number, first in enumerate(range(0, users, batch), start=1):
+            records = ({"userId": f"u{i}", "prospectAdded": i} for i in range(first, first + batch))
+            await sink.write(page(number, *records))
+    with duckdb.connect(str(path), read_only=True) as connection:
+        groups = connection.execute(
+            "SELECT row_group_id, max(count) FROM pragma_storage_info('team_stats') "
+            "WHERE column_name = 'user_id' GROUP BY row_group_id"
+        ).fetchall()
+        rows = connection.execute("SELECT count(*) FROM team_stats").fetchone()
+    assert rows == (users,)
+    assert len(groups) >= 3
+    assert all(count <= ROW_GROUP_SIZE for _, count in groups)
