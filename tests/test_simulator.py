@@ -411,6 +411,22 @@ def test_report_cache_is_bounded_and_recomputes_identically() -> None:
     assert again == first
 
 
+def test_drift_grows_rows_whose_user_id_and_sort_field_are_not_served() -> None:
+    """drift with drop_fields (userId, the order field) grows the full rows, serves the rest."""
+    team = build_team(3, 12)
+    dropped = frozenset({"userId", "prospectAdded"})
+    engine = ReportEngine(3, team, drop_fields=dropped)
+    query, _ = parse_body(make_body([m.user_id for m in team]), max_page_size=1000)
+    base = engine.result(query)
+    grown = engine.drifted(query, 5.0, served=4)
+    assert len(grown.rows) == len(base.rows) == 12
+    assert all(dropped.isdisjoint(row) for row in grown.rows)
+    assert sum(r["prospectContacted"] for r in grown.full) > sum(
+        r["prospectContacted"] for r in base.full
+    )
+    assert {r["userId"] for r in grown.full} == {m.user_id for m in team}
+
+
 # -- envelopes and encodings ---------------------------------------------------------------------
 
 _EXTRACT: dict[str, Callable[[dict[str, Any]], tuple[list[Any], dict[str, Any] | None]]] = {

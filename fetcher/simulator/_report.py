@@ -119,11 +119,14 @@ class Result:
         rows: rows with integer counts, in served order (never mutate: shared by pages).
         encoded: each row as served on the wire (counts as strings if so configured).
         hidden: matched users left out of ``rows`` but counted in the total.
+        full: ``rows`` with every field, the dropped ones too (``rows`` itself
+            when none are dropped): what drift grows from.
     """
 
     rows: tuple[dict[str, Any], ...]
     encoded: tuple[bytes, ...]
     hidden: int = 0
+    full: tuple[dict[str, Any], ...] = ()
 
 
 class ReportEngine:
@@ -230,7 +233,7 @@ class ReportEngine:
         """
         base = self.result(query)
         rows = []
-        for row in base.rows:
+        for row in base.full:
             grow = math.floor(drift * served * stable_unit(self._seed, row["userId"], "drift"))
             rows.append(
                 {k: (v + grow if k in METRICS_BY_TYPE[query.type] else v) for k, v in row.items()}
@@ -277,4 +280,7 @@ class ReportEngine:
             )
         else:
             encoded = tuple(orjson.dumps(row) for row in served)
-        return Result(rows=tuple(served), encoded=encoded, hidden=hidden)
+        full = tuple(rows)
+        return Result(
+            rows=full if served is rows else tuple(served), encoded=encoded, hidden=hidden, full=full
+        )
