@@ -412,7 +412,7 @@ def test_report_cache_is_bounded_and_recomputes_identically() -> None:
 
 
 def test_drift_grows_rows_whose_user_id_and_sort_field_are_not_served() -> None:
-    """drift with drop_fields (userId, the order field) grows the full rows, serves the rest."""
+    """Drift with drop_fields (userId, the order field) grows the full rows, serves the rest."""
     team = build_team(3, 12)
     dropped = frozenset({"userId", "prospectAdded"})
     engine = ReportEngine(3, team, drop_fields=dropped)

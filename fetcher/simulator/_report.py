@@ -282,5 +282,8 @@ class ReportEngine:
             encoded = tuple(orjson.dumps(row) for row in served)
         full = tuple(rows)
         return Result(
-            rows=full if served is rows else tuple(served), encoded=encoded, hidden=hidden, full=full
+            rows=full if served is rows else tuple(served),
+            encoded=encoded,
+            hidden=hidden,
+            full=full,
         )
