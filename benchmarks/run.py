@@ -366,7 +366,7 @@ def scenario_b(sizes: Sizes, tmp: Path, **_: Any) -> dict[str, Any]:
         stage = Stage.of(sim, tmp, days=1, page_size=10)
         runs = [
             stage.fetcher("headers only"),
-            # A configured rate raises the default concurrency to one window of it
+            # A configured rate raises the default concurrency to one second of it
             # (40 here), so that a window's quota goes out in one round trip.
             stage.fetcher(f"--rate-limit {rate}", "--rate-limit", rate),
             # The same held at the old default of 16 in flight: the last window's

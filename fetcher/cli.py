@@ -154,7 +154,7 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument(
         "--concurrency",
         type=int,
-        help="pages fetched at once (16; with --rate-limit, one window of it, at most 64)",
+        help="pages fetched at once (16; with a fast --rate-limit, one second of it, at most 64)",
     )
     fetch.add_argument("--rate-limit", help="request ceiling, e.g. 30/min or 10/s (none)")
     fetch.add_argument("--timeout", type=float, help="seconds per request (30)")

@@ -258,7 +258,7 @@ class ExportSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _concurrency_follows_rate(cls, data: Any) -> Any:
-        """No concurrency given but a rate: one window of it in flight (see default_concurrency)."""
+        """No concurrency given but a rate: one second of it in flight (see default_concurrency)."""
         if isinstance(data, dict) and data.get("concurrency") is None:
             rate = data.get("rate_limit")
             if isinstance(rate, str):

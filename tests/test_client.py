@@ -208,13 +208,16 @@ def test_bad_client_options_are_config_errors(options: dict[str, object], field:
         ({"rate_limit": "40/1s"}, 40),  # one window of the rate may go at once
         ({"rate_limit": "5/s"}, 16),  # raised, never lowered
         ({"rate_limit": "1000/s"}, 64),  # at most 64
+        ({"rate_limit": "500/10s"}, 50),  # one second of the rate
+        ({"rate_limit": "30/min"}, 16),  # a slow rate keeps the default
+        ({"rate_limit": "20/2s"}, 16),
         ({"rate_limit": "40/1s", "concurrency": 8}, 8),  # an explicit value wins
     ],
 )
 def test_default_concurrency_follows_a_configured_rate(
     options: dict[str, object], concurrency: int
 ) -> None:
-    """Without a concurrency, a configured rate sets how many requests may be in flight."""
+    """Without a concurrency, a configured rate's second sets how many requests may be in flight."""
     made = Client(api_key=KEY, **options)  # type: ignore[arg-type]
     assert made.concurrency == concurrency
     assert made.limiter.max_in_flight == concurrency

@@ -47,8 +47,8 @@ def test_concurrency_follows_a_configured_rate_unless_given(
     monkeypatch.setenv("FETCHER_CONCURRENCY", "6")
     assert load_settings({}, config_file=config).concurrency == 6
     monkeypatch.delenv("FETCHER_CONCURRENCY")
-    monkeypatch.setenv("FETCHER_RATE_LIMIT", "30/min")
-    assert load_settings({}).concurrency == 30
+    monkeypatch.setenv("FETCHER_RATE_LIMIT", "24/s")
+    assert load_settings({}).concurrency == 24
 
 
 def test_lists_from_env_file_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
