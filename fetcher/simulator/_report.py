@@ -125,8 +125,13 @@ class Result:
 
     rows: tuple[dict[str, Any], ...]
     encoded: tuple[bytes, ...]
-    hidden: int = 0
-    full: tuple[dict[str, Any], ...] = ()
+    hidden: int
+    full: tuple[dict[str, Any], ...]
+
+    @property
+    def cached_rows(self) -> int:
+        """Row dicts this result holds: twice its rows when fields are dropped."""
+        return len(self.rows) if self.full is self.rows else 2 * len(self.rows)
 
 
 class ReportEngine:
@@ -174,11 +179,11 @@ class ReportEngine:
             return cached
         result = self._compute(query)
         self._results[key] = result
-        self._cached_rows += len(result.rows)
+        self._cached_rows += result.cached_rows
         # Keep the newest entry even if it alone exceeds the budget: it is about to be paged.
         while self._cached_rows > self._cache_rows and len(self._results) > 1:
             _, dropped = self._results.popitem(last=False)
-            self._cached_rows -= len(dropped.rows)
+            self._cached_rows -= dropped.cached_rows
         return result
 
     def _plan(self, user_id: str, report_type: str, count_by: str) -> tuple[_Step, ...]:
