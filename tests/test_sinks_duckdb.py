@@ -275,3 +275,37 @@ async def test_row_groups_stay_small(tmp_path: Path) -> None:
     assert rows == (users,)
     assert len(groups) >= 3
     assert all(count <= ROW_GROUP_SIZE for _, count in groups)
+
+
+async def test_a_cancelled_entry_leaves_the_file_free(tmp_path: Path) -> None:
+    """Entering in a cancelled scope opens nothing that stays open: the file can be used next."""
+    path = tmp_path / "x.duckdb"
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        async with DuckDBSink(path):
+            pytest.fail("entered in a cancelled scope")
+    assert not path.exists()  # nothing was opened behind the cancellation
+    async with DuckDBSink(path) as sink:
+        await sink.write(page(1, {"userId": "a"}))
+    assert [row["user_id"] for row in read_table(path)] == ["a"]
+
+
+async def test_a_cancelled_run_still_closes_and_checkpoints_its_file(tmp_path: Path) -> None:
+    """Cancelled mid-run, the sink closes the file before it returns: no write-ahead log left."""
+    path = tmp_path / "x.duckdb"
+    with anyio.CancelScope() as scope:
+        async with DuckDBSink(path) as sink:
+            await sink.write(page(1, {"userId": "a"}))
+            scope.cancel()
+            await anyio.sleep(1)
+    assert not path.with_name(path.name + ".wal").exists()
+    assert [row["user_id"] for row in read_table(path)] == ["a"]
+
+
+async def test_the_same_file_twice_in_one_process_says_so(tmp_path: Path) -> None:
+    """A second sink on a file this process has open fails on entry, saying what to close."""
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path):
+        with pytest.raises(SinkError, match="this program has it open already"):
+            async with DuckDBSink(path, table="other"):
+                pytest.fail("opened a file this process holds")

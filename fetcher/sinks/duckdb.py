@@ -43,7 +43,9 @@ used from two threads at once, and DuckDB's allocator keeps memory per thread, s
 calls spread over several threads held more of it (20,000 pages, measured alone:
 a peak of 142 MB from four threads against 128 MB from one). The file is locked
 by DuckDB while the sink is open; a second program holding it makes the sink
-fail on entry, before any request.
+fail on entry, before any request, and so does a second sink (or connection) on
+the same file in this program: the file is attached to the sink's own in-memory
+connection, not shared through DuckDB's per-process instance cache.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ class DuckDBSink(TableSink):
         self.records = 0
         self._connection: duckdb.DuckDBPyConnection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         self._sql = _upsert_sql(self.table)
         self._insert_sql = _insert_sql(self.table)
         # Set at the first key already in the table: from then on, pages are upserted.
@@ -177,16 +180,27 @@ class DuckDBSink(TableSink):
         return f"DuckDBSink({str(self.path)!r}, table={self.table!r})"
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func`` on the sink's own thread, and wait for it without blocking the loop."""
-        assert self._thread is not None, "use the sink as an async context manager"
-        return await anyio.to_thread.run_sync(self._thread.submit(func, *args).result)
+        """Run ``func`` on the sink's own thread, and wait for it without blocking the loop.
+
+        The call is handed to that thread from an anyio worker thread, not from
+        the loop: a task cancelled before its turn hands nothing over, and one
+        cancelled while its call runs waits for it (and gets its result), so no
+        call runs unseen, such as an ``_open`` whose connection nobody closes.
+        """
+        thread, limiter = self._thread, self._limiter
+        assert thread is not None, "use the sink as an async context manager"
+        assert limiter is not None
+        return await anyio.to_thread.run_sync(
+            lambda: thread.submit(func, *args).result(), limiter=limiter
+        )
 
     async def __aenter__(self) -> Self:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fetcher-duckdb")
+        self._limiter = anyio.CapacityLimiter(1)
         try:
             self._connection = await self._run(self._open)
         except BaseException:
-            self._thread.shutdown()
+            self._thread.shutdown(wait=False)  # nothing runs on it: see _run
             self._thread = None
             raise
         self.records = 0
@@ -209,9 +223,11 @@ class DuckDBSink(TableSink):
                 connection.execute(f"ATTACH '{path}' AS {_ALIAS} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
                 connection.execute(f"USE {_ALIAS}")
             except duckdb.Error as exc:
-                hint = (
-                    " (another program has it open; close that first)" if "lock" in str(exc) else ""
-                )
+                hint = ""
+                if "lock" in str(exc):
+                    hint = " (another program has it open; close that first)"
+                elif "handle conflict" in str(exc):
+                    hint = " (this program has it open already, e.g. in another sink; close that)"
                 raise SinkError(
                     f"cannot open the DuckDB database {self.path}: {exc}{hint}"
                 ) from exc
@@ -282,7 +298,9 @@ class DuckDBSink(TableSink):
         # Committed pages stay whatever happened; closing also checkpoints
         # DuckDB's write-ahead log into the file.
         try:
-            await self._run(connection.close)
+            # Shielded: a cancelled run still closes, and so checkpoints, its file.
+            with anyio.CancelScope(shield=True):
+                await self._run(connection.close)
         finally:
             thread, self._thread = self._thread, None
             if thread is not None:
