@@ -142,6 +142,9 @@ async def open_api(
             simulator = await stack.enter_async_context(_simulator(settings, key))
             base_url = simulator.base_url
         limit = concurrency or settings.concurrency
+        # Nobody fixed it (no flag, variable, config key or rate): the client may
+        # raise it when the server's headers allow (see Client's concurrency).
+        auto = concurrency is None and "concurrency" not in settings.model_fields_set
         sender = AiohttpTransport.for_client(
             timeout=settings.timeout,
             concurrency=limit,
@@ -153,7 +156,7 @@ async def open_api(
             Client(
                 api_key=key,
                 base_url=base_url,
-                concurrency=limit,
+                concurrency=None if auto else limit,
                 rate_limit=settings.rate,
                 timeout=settings.timeout,
                 retry=retry,

@@ -129,7 +129,9 @@ class Client:
         api_key: the Saleshandy Open API key (``x-api-key``).
         base_url: the API's base URL; the simulator's for tests and demos.
         concurrency: pages fetched at once per run (and requests in flight);
-            by default :func:`default_concurrency` of ``rate_limit``.
+            by default :func:`default_concurrency` of ``rate_limit``, which the
+            limiter may raise up to twice over when the server's rate-limit
+            headers advertise a window that allows more in one second.
         rate_limit: a ceiling such as ``"30/min"``; the limiter also follows
             the server's rate-limit headers and refusals.
         timeout: seconds for one request.
@@ -170,6 +172,9 @@ class Client:
                 rate_limit = Rate.parse(rate_limit)
             except ValueError as exc:
                 raise ConfigError(str(exc), field="rate_limit") from None
+        # Not fixed by the caller: the limiter may raise it as far as the workers
+        # and connections go (twice this), when the server's window allows.
+        auto = concurrency is None
         if concurrency is None:
             concurrency = default_concurrency(rate_limit)
         elif concurrency < 1:
@@ -180,7 +185,10 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.shape = shape or ResponseShape()
         self.limiter = limiter or Limiter(
-            rate=rate_limit, max_in_flight=concurrency, max_pause_s=self.retry.max_retry_after_s
+            rate=rate_limit,
+            max_in_flight=concurrency,
+            max_auto_in_flight=2 * concurrency if auto else None,
+            max_pause_s=self.retry.max_retry_after_s,
         )
         self.timeouts = AdaptiveTimeout(timeout)
         self._transport: Transport = transport or AiohttpTransport.for_client(

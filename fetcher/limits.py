@@ -6,7 +6,12 @@ limit and never above it. Before each request (retries included) a worker
 asks :meth:`Limiter.slot` for a turn; after each response the client reports
 what it saw with :meth:`Limiter.observe`. Four things decide a turn:
 
-1. **In flight**: at most ``max_in_flight`` requests at once.
+1. **In flight**: at most ``max_in_flight`` requests at once. Given room
+   (``max_auto_in_flight``, when the caller did not fix the concurrency), the
+   limiter raises it to what the server's advertised window allows in one
+   second: ``x-ratelimit-limit: 40`` on a 1 s window lets 40 go at once, and
+   with 16 in flight the last of them would wait two more round trips at
+   every window's edge. A slow window (20 a minute) raises nothing.
 2. **Pause**: after a refusal (429, or the 400 that says "Rate Limit") every
    worker waits out the ``Retry-After``, not only the one refused.
 3. **The server's window**: responses carry ``x-ratelimit-remaining`` and
@@ -199,6 +204,9 @@ class Limiter:
     Args:
         rate: a configured ceiling; ``None`` leaves pacing to the server's signals.
         max_in_flight: requests allowed in flight at once.
+        max_auto_in_flight: the most ``max_in_flight`` may be raised to, once the
+            server's headers show a window that allows more in one second
+            (``None``: never raised).
         adaptive: follow rate-limit headers and slow down after refusals.
         margin_s: extra wait after a window's reset, for clock and rounding slack.
         default_pause_s: pause after a refusal that gave no ``Retry-After``.
@@ -215,6 +223,7 @@ class Limiter:
         *,
         rate: Rate | None = None,
         max_in_flight: int = 16,
+        max_auto_in_flight: int | None = None,
         adaptive: bool = True,
         margin_s: float = 0.02,
         default_pause_s: float = 1.0,
@@ -228,6 +237,7 @@ class Limiter:
             raise ValueError("max_in_flight must be at least 1")
         self.rate = rate
         self.max_in_flight = max_in_flight
+        self._max_auto_in_flight = max_auto_in_flight or max_in_flight
         self.adaptive = adaptive
         self._margin = margin_s
         self._default_pause = default_pause_s
@@ -247,6 +257,9 @@ class Limiter:
         self._budget: int | None = None
         self._window_reset: float | None = None
         self._window_limit: int | None = None
+        # The longest time-to-reset seen at a window's first answer: its length, near enough.
+        self._window_span = 0.0
+        self._windows_seen = 0
         # Adaptive pace: an interval on top of the configured one, or None.
         self._adaptive_interval: float | None = None
         self._successes_since_change = 0
@@ -255,6 +268,11 @@ class Limiter:
         self.stats = LimiterStats()
 
     # -- what callers see -------------------------------------------------
+
+    @property
+    def max_auto_in_flight(self) -> int:
+        """The most requests in flight the server's window may raise ``max_in_flight`` to."""
+        return self._max_auto_in_flight
 
     @property
     def waiting_until(self) -> float | None:
@@ -359,9 +377,27 @@ class Limiter:
             # A new window (or the first we hear of): take its figure.
             self._window_reset = reset
             self._budget = budget
+            self._windows_seen += 1
+            if self._windows_seen > 1:
+                # Not the first window: that one may have been open before the run,
+                # so only a window seen from its start tells how long windows are.
+                self._window_span = max(self._window_span, until)
+                self._widen()
         else:
             # Same window; answers arrive out of order, the lowest is the truest.
             self._budget = min(self._budget, budget)
+
+    def _widen(self) -> None:
+        """Let one second of the server's advertised window go at once, within the room given."""
+        limit = self._window_limit
+        if limit is None or self._max_auto_in_flight <= self.max_in_flight:
+            return
+        one_second = min(limit, math.ceil(limit / max(self._window_span, 1.0)))
+        wanted = min(one_second, self._max_auto_in_flight)
+        if wanted > self.max_in_flight:
+            for _ in range(wanted - self.max_in_flight):
+                self._slots.release()
+            self.max_in_flight = wanted
 
     async def _wait_turn(self) -> None:
         waited = False

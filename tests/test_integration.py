@@ -105,6 +105,26 @@ async def test_a_configured_rate_sends_a_window_of_it_at_once() -> None:
     assert refused == 0
 
 
+@pytest.mark.parametrize(("concurrency", "most_allowed"), [(None, 32), (16, 16)])
+async def test_a_fast_server_window_raises_the_default_concurrency_only(
+    concurrency: int | None, most_allowed: int
+) -> None:
+    """Headers advertising 40 a second: up to 32 in flight by default, 16 when 16 is asked for."""
+    config = SimulatorConfig(team_size=1000, latency_ms=150, rate_limit=40, rate_window_s=1.0)
+    async with serve(config) as sim:
+        spec = spec_for(sim, page_size=10)
+        summary = await export(
+            spec, MemorySink(), api_key=KEY, base_url=sim.base_url, concurrency=concurrency
+        )
+        most = sim.stats.max_in_flight
+        refused = sim.stats.rate_limited
+    assert summary.ok and summary.records == 1000
+    assert refused == 0
+    assert most <= most_allowed
+    if concurrency is None:
+        assert most > 16
+
+
 async def test_async_for_over_client_pages() -> None:
     """`async for page in client.pages(spec)` yields every page once, tagged."""
     async with serve(SimulatorConfig(seed=5, team_size=230)) as sim:

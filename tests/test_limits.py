@@ -232,3 +232,39 @@ async def test_non_adaptive_limiter_ignores_headers() -> None:
     async with clock.running():
         times = await send_times(limiter, clock, 3)
     assert times == [1000.0] * 3
+
+
+def window_headers(limit: int, remaining: int, reset_in: float) -> dict[str, str]:
+    """Rate-limit headers: a window of `limit`, `remaining` left, resetting in `reset_in` s."""
+    return {
+        "x-ratelimit-limit": str(limit),
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": str(reset_in),
+    }
+
+
+@pytest.mark.parametrize(
+    ("limit", "window_s", "room", "expected"),
+    [
+        (40, 1.0, 8, 8),  # one second of the window allows 40: raised, within the room
+        (6, 1.0, 8, 6),  # only as far as the window allows
+        (40, 1.0, None, 4),  # no room given (a fixed concurrency): never raised
+        (20, 60.0, 8, 4),  # a slow window (20 a minute): nothing to gain
+    ],
+)
+async def test_in_flight_follows_the_servers_window_within_the_room_given(
+    limit: int, window_s: float, room: int | None, expected: int
+) -> None:
+    """From the second window on, one second of the advertised window may be in flight."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=4, max_auto_in_flight=room, margin_s=0.0)
+    # The first window may have been open before the run: it raises nothing.
+    limiter.observe(200, window_headers(limit, limit - 1, 0.1))
+    assert limiter.max_in_flight == 4
+    async with clock.running():
+        await clock.sleep(0.2)
+        # The next window's first answer: a whole window to go.
+        limiter.observe(200, window_headers(limit, limit - 1, window_s))
+        await send_times(limiter, clock, 12, hold=0.5)
+    assert limiter.max_in_flight == expected
+    assert limiter.stats.max_in_flight == expected

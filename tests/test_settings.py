@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from fetcher.api import open_api
 from fetcher.errors import ConfigError
 from fetcher.settings import load_settings, parse_when, read_users_file, resolve_api_key
 
@@ -49,6 +50,24 @@ def test_concurrency_follows_a_configured_rate_unless_given(
     monkeypatch.delenv("FETCHER_CONCURRENCY")
     monkeypatch.setenv("FETCHER_RATE_LIMIT", "24/s")
     assert load_settings({}).concurrency == 24
+
+
+@pytest.mark.parametrize(
+    ("flags", "fixed", "room"),
+    [
+        ({}, 16, 32),  # nothing given: the server's window may raise it
+        ({"concurrency": 16}, 16, 16),  # given, even at the default value: never raised
+        ({"rate_limit": "40/1s"}, 40, 40),  # sized by the configured rate
+    ],
+)
+async def test_the_server_may_raise_only_a_concurrency_nobody_gave(
+    flags: dict[str, object], fixed: int, room: int
+) -> None:
+    """open_api lets the limiter raise the in-flight cap only when no source set it."""
+    settings = load_settings({"base_url": "simulator", **flags})
+    async with open_api(settings) as session:
+        limiter = session.client.limiter
+        assert (limiter.max_in_flight, limiter.max_auto_in_flight) == (fixed, room)
 
 
 def test_lists_from_env_file_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
