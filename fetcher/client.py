@@ -172,9 +172,10 @@ class Client:
                 rate_limit = Rate.parse(rate_limit)
             except ValueError as exc:
                 raise ConfigError(str(exc), field="rate_limit") from None
-        # Not fixed by the caller: the limiter may raise it as far as the workers
-        # and connections go (twice this), when the server's window allows.
-        auto = concurrency is None
+        # Not fixed by the caller (a configured rate fixes it too): the limiter may
+        # raise it as far as the workers and connections go (twice this), when the
+        # server's window allows.
+        auto = concurrency is None and rate_limit is None
         if concurrency is None:
             concurrency = default_concurrency(rate_limit)
         elif concurrency < 1:

@@ -257,9 +257,12 @@ class Limiter:
         self._budget: int | None = None
         self._window_reset: float | None = None
         self._window_limit: int | None = None
-        # The longest time-to-reset seen at a window's first answer: its length, near enough.
+        # The server window's length, learnt from the gaps between the ends of
+        # windows in a row (see _learn_span).
         self._window_span = 0.0
-        self._windows_seen = 0
+        self._span_samples = 0
+        self._span_end: float | None = None
+        self._last_remaining: int | None = None
         # Adaptive pace: an interval on top of the configured one, or None.
         self._adaptive_interval: float | None = None
         self._successes_since_change = 0
@@ -371,21 +374,43 @@ class Limiter:
             return
         now = self._clock()
         reset = now + max(until, 0.0)
+        if self._max_auto_in_flight > self.max_in_flight:
+            self._learn_span(reset, until, remaining)
         # Requests still in flight may already count against what is left.
         budget = remaining - self._in_flight
         if self._window_reset is None or self._budget is None or reset > self._window_reset + 0.5:
             # A new window (or the first we hear of): take its figure.
             self._window_reset = reset
             self._budget = budget
-            self._windows_seen += 1
-            if self._windows_seen > 1:
-                # Not the first window: that one may have been open before the run,
-                # so only a window seen from its start tells how long windows are.
-                self._window_span = max(self._window_span, until)
-                self._widen()
         else:
             # Same window; answers arrive out of order, the lowest is the truest.
             self._budget = min(self._budget, budget)
+
+    def _learn_span(self, reset: float, until: float, remaining: int) -> None:
+        """Sample the server window's length; with two samples, widen.
+
+        A sample is the time between the ends of two windows in a row: never
+        shorter than a window (longer if the run idled between them), so the
+        largest sample errs on the slow side. A window counts as the next one
+        only when its budget went up and its end moved on by more than half a
+        second; an answer about a window that has ended (a request the old
+        window counted, answered after its reset) counts for nothing, nor does
+        a refusal's (its budget is spent). The first window's end is a true end
+        even if it opened before the run.
+        """
+        last_remaining, self._last_remaining = self._last_remaining, remaining
+        if until <= 0:
+            return
+        if self._span_end is None:
+            self._span_end = reset
+            return
+        rose = last_remaining is not None and remaining > last_remaining
+        if rose and reset > self._span_end + 0.5:
+            self._window_span = max(self._window_span, reset - self._span_end)
+            self._span_samples += 1
+            self._span_end = reset
+            if self._span_samples >= 2:
+                self._widen()
 
     def _widen(self) -> None:
         """Let one second of the server's advertised window go at once, within the room given."""

@@ -109,8 +109,12 @@ async def test_a_configured_rate_sends_a_window_of_it_at_once() -> None:
 async def test_a_fast_server_window_raises_the_default_concurrency_only(
     concurrency: int | None, most_allowed: int
 ) -> None:
-    """Headers advertising 40 a second: up to 32 in flight by default, 16 when 16 is asked for."""
-    config = SimulatorConfig(team_size=1000, latency_ms=150, rate_limit=40, rate_window_s=1.0)
+    """Headers advertising 40 per 0.5 s: up to 32 in flight by default, 16 when 16 is asked.
+
+    Four full windows: two window lengths are learnt by the third, which then
+    goes out with more than 16 in flight.
+    """
+    config = SimulatorConfig(team_size=1600, latency_ms=150, rate_limit=40, rate_window_s=0.5)
     async with serve(config) as sim:
         spec = spec_for(sim, page_size=10)
         summary = await export(
@@ -118,7 +122,7 @@ async def test_a_fast_server_window_raises_the_default_concurrency_only(
         )
         most = sim.stats.max_in_flight
         refused = sim.stats.rate_limited
-    assert summary.ok and summary.records == 1000
+    assert summary.ok and summary.records == 1600
     assert refused == 0
     assert most <= most_allowed
     if concurrency is None:

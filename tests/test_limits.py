@@ -1,5 +1,6 @@
 import email.utils
 import itertools
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -255,16 +256,81 @@ def window_headers(limit: int, remaining: int, reset_in: float) -> dict[str, str
 async def test_in_flight_follows_the_servers_window_within_the_room_given(
     limit: int, window_s: float, room: int | None, expected: int
 ) -> None:
-    """From the second window on, one second of the advertised window may be in flight."""
+    """Once two window lengths are known, one second of the window may be in flight."""
     clock = FakeClock()
     limiter = make(clock, max_in_flight=4, max_auto_in_flight=room, margin_s=0.0)
-    # The first window may have been open before the run: it raises nothing.
-    limiter.observe(200, window_headers(limit, limit - 1, 0.1))
-    assert limiter.max_in_flight == 4
     async with clock.running():
-        await clock.sleep(0.2)
-        # The next window's first answer: a whole window to go.
-        limiter.observe(200, window_headers(limit, limit - 1, window_s))
+        # A window that opened before the run, then two whole ones; in each, the
+        # first answer comes 0.1 s in, with the budget refilled, and a later one.
+        limiter.observe(200, window_headers(limit, 1, 0.3))
+        for window in range(2):
+            await clock.sleep(1000.4 + window_s * window - clock())
+            limiter.observe(200, window_headers(limit, limit - 1, window_s - 0.1))
+            await clock.sleep(0.1)
+            limiter.observe(200, window_headers(limit, limit // 2, window_s - 0.2))
+            if window == 0:
+                assert limiter.max_in_flight == 4  # one length seen: not yet
         await send_times(limiter, clock, 12, hold=0.5)
     assert limiter.max_in_flight == expected
     assert limiter.stats.max_in_flight == expected
+
+
+def _epoch(clock: FakeClock, seconds: float) -> str:
+    return f"{clock.wall() + seconds:.3f}"
+
+
+async def _straggler_after_the_reset(limiter: Limiter, clock: FakeClock) -> None:
+    """20 a minute; after the reset, an answer the old window counted (its end is past)."""
+    end = _epoch(clock, 30)
+    limiter.observe(200, {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "5",
+                          "x-ratelimit-reset": end})  # fmt: skip
+    await clock.sleep(30.05)
+    async with limiter.slot():  # a worker passes the reset
+        pass
+    limiter.observe(200, {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "4",
+                          "x-ratelimit-reset": end})  # fmt: skip
+
+
+async def _reset_zero_after_the_reset(limiter: Limiter, clock: FakeClock) -> None:
+    """1,000 an hour, delta seconds; after the reset an old answer says 0."""
+    limiter.observe(200, window_headers(1000, 10, 5))
+    await clock.sleep(5.05)
+    async with limiter.slot():
+        pass
+    limiter.observe(200, window_headers(1000, 3, 0))
+
+
+async def _refused_at_the_edge(limiter: Limiter, clock: FakeClock) -> None:
+    """20 a minute, the server's clock 2 s behind: refused just after the client's reset."""
+    limiter.observe(200, {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "0",
+                          "x-ratelimit-reset": _epoch(clock, 38)})  # fmt: skip
+    async with limiter.slot():
+        pass
+    limiter.refused(2.0, window_headers(20, 0, 2))
+
+
+async def _whole_seconds_in_one_window(limiter: Limiter, clock: FakeClock) -> None:
+    """40 per 10 s, resets in whole seconds rounded up: one window read as ends 0.65 s apart."""
+    limiter.observe(200, window_headers(40, 30, 1))
+    await clock.sleep(0.65)
+    limiter.observe(200, window_headers(40, 20, 1))
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        _straggler_after_the_reset,
+        _reset_zero_after_the_reset,
+        _refused_at_the_edge,
+        _whole_seconds_in_one_window,
+    ],
+)
+async def test_answers_that_tell_no_window_length_raise_nothing(
+    scenario: Callable[[Limiter, FakeClock], Awaitable[None]],
+) -> None:
+    """Answers about an ended window, refusals and rounded resets are not window lengths."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=16, max_auto_in_flight=32)
+    async with clock.running():
+        await scenario(limiter, clock)
+    assert limiter.max_in_flight == 16
