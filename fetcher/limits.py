@@ -8,10 +8,12 @@ what it saw with :meth:`Limiter.observe`. Four things decide a turn:
 
 1. **In flight**: at most ``max_in_flight`` requests at once. Given room
    (``max_auto_in_flight``, when the caller did not fix the concurrency), the
-   limiter raises it to what the server's advertised window allows in one
-   second: ``x-ratelimit-limit: 40`` on a 1 s window lets 40 go at once, and
-   with 16 in flight the last of them would wait two more round trips at
-   every window's edge. A slow window (20 a minute) raises nothing.
+   limiter raises it, once it has measured the server's window twice (the
+   time between the ends of windows in a row), to what the advertised window
+   allows in one second: ``x-ratelimit-limit: 40`` on a 1 s window lets 40
+   go at once, and with 16 in flight the last of them would wait two more
+   round trips at every window's edge. A slow window (20 a minute) raises
+   nothing, and the cap is never lowered.
 2. **Pause**: after a refusal (429, or the 400 that says "Rate Limit") every
    worker waits out the ``Retry-After``, not only the one refused.
 3. **The server's window**: responses carry ``x-ratelimit-remaining`` and
