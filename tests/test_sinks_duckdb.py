@@ -16,6 +16,7 @@ import pytest
 from fetcher.errors import ConfigError, SinkError
 from fetcher.models import Page
 from fetcher.sinks import ResumableSink
+from fetcher.sinks import duckdb as duckdb_sink
 from fetcher.sinks._schema import COLUMNS
 from fetcher.sinks.duckdb import ROW_GROUP_SIZE, DuckDBSink
 from tests import tabular
@@ -309,3 +310,41 @@ async def test_the_same_file_twice_in_one_process_says_so(tmp_path: Path) -> Non
         with pytest.raises(SinkError, match="this program has it open already"):
             async with DuckDBSink(path, table="other"):
                 pytest.fail("opened a file this process holds")
+
+
+async def test_the_file_is_reopened_every_few_pages_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every REOPEN_AFTER_PAGES pages the sink reopens its file; rows stay one per key."""
+    monkeypatch.setattr(duckdb_sink, "REOPEN_AFTER_PAGES", 3)
+    path = tmp_path / "x.duckdb"
+    async with DuckDBSink(path) as sink:
+        for number in range(1, 11):
+            await sink.write(page(number, {"userId": f"u{number}", "prospectAdded": number}))
+        # The same users again, after a reopen: replaced, not added.
+        for number in range(1, 5):
+            await sink.write(page(number, {"userId": f"u{number}", "prospectAdded": 100}))
+    assert sink.reopens == 4  # before pages 4, 7, 10 and the second round's 3rd page
+    rows = {row["user_id"]: row["prospect_added"] for row in read_table(path)}
+    assert rows == {f"u{n}": 100 if n <= 4 else n for n in range(1, 11)}
+
+
+async def test_a_failed_reopen_names_the_page_and_keeps_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the file cannot be opened again (another program took it), the page is named."""
+    monkeypatch.setattr(duckdb_sink, "REOPEN_AFTER_PAGES", 2)
+    path = tmp_path / "x.duckdb"
+    sink = DuckDBSink(path)
+    async with sink:
+        await sink.write(page(1, {"userId": "a"}))
+        await sink.write(page(2, {"userId": "b"}))
+
+        def taken() -> None:
+            raise SinkError("cannot open the DuckDB database: locked")
+
+        monkeypatch.setattr(sink, "_open", taken)
+        with pytest.raises(SinkError) as info:
+            await sink.write(page(3, {"userId": "c"}))
+    assert info.value.page is not None and info.value.page.page == 3
+    assert sorted(row["user_id"] for row in read_table(path)) == ["a", "b"]
