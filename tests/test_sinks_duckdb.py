@@ -348,3 +348,25 @@ async def test_a_failed_reopen_names_the_page_and_keeps_what_was_written(
             await sink.write(page(3, {"userId": "c"}))
     assert info.value.page is not None and info.value.page.page == 3
     assert sorted(row["user_id"] for row in read_table(path)) == ["a", "b"]
+
+
+async def test_a_checkpoint_that_fails_at_a_reopen_is_a_sink_error_naming_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close before a reopen checkpoints; if DuckDB fails there, the page is named."""
+    monkeypatch.setattr(duckdb_sink, "REOPEN_AFTER_PAGES", 1)
+    sink = DuckDBSink(tmp_path / "x.duckdb")
+    async with sink:
+        await sink.write(page(1, {"userId": "a"}))
+        real = sink._connection
+
+        class FullDisk:
+            def close(self) -> None:
+                raise duckdb.IOException("could not write: no space left on device")
+
+        sink._connection = FullDisk()  # type: ignore[assignment]
+        with pytest.raises(SinkError, match=r"could not checkpoint.*no space left") as info:
+            await sink.write(page(2, {"userId": "b"}))
+        assert info.value.page is not None and info.value.page.page == 2
+        assert real is not None
+        real.close()

@@ -324,11 +324,17 @@ class DuckDBSink(TableSink):
         that opens it then makes this fail, naming the page not written (the pages
         before it are committed, and another run completes the export).
         """
+        import duckdb  # noqa: PLC0415
+
         connection, self._connection = self._connection, None
         assert connection is not None, "use the sink as an async context manager"
-        connection.close()
         try:
+            connection.close()
             self._connection = self._open()
+        except duckdb.Error as exc:  # the close's checkpoint
+            raise SinkError(
+                f"DuckDB could not checkpoint {self.path}: {exc}", page=page.ref
+            ) from exc
         except SinkError as exc:
             raise SinkError(str(exc), page=page.ref) from exc
         self._pages_open = self._rows_open = 0
