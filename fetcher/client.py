@@ -17,7 +17,6 @@ quoted in an error.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -44,7 +43,7 @@ from fetcher.errors import (
     ServerError,
     ShapeError,
 )
-from fetcher.limits import Limiter, Rate
+from fetcher.limits import Limiter, Rate, one_second_of
 from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_team_members
 from fetcher.retry import RetryPolicy, parse_retry_after
 from fetcher.spec import QuerySpec
@@ -96,9 +95,7 @@ def default_concurrency(rate: Rate | None) -> int:
     """
     if rate is None:
         return DEFAULT_CONCURRENCY
-    count, _ = rate.window
-    one_second = min(count, math.ceil(rate.per_second))
-    return min(max(one_second, DEFAULT_CONCURRENCY), MAX_DEFAULT_CONCURRENCY)
+    return min(max(one_second_of(*rate.window), DEFAULT_CONCURRENCY), MAX_DEFAULT_CONCURRENCY)
 
 
 def _snippet(content: bytes, secret: str, limit: int = 300) -> str:

@@ -4,7 +4,7 @@ The API's rate limit is low and undocumented, so for a long export the limit,
 not the network, sets the pace. The :class:`Limiter` aims to run *at* the
 limit and never above it. Before each request (retries included) a worker
 asks :meth:`Limiter.slot` for a turn; after each response the client reports
-what it saw with :meth:`Limiter.observe`. Four things decide a turn:
+what it saw with :meth:`Limiter.observe`. Five things decide a turn:
 
 1. **In flight**: at most ``max_in_flight`` requests at once. Given room
    (``max_auto_in_flight``, when the caller did not fix the concurrency), the
@@ -56,7 +56,7 @@ import anyio
 
 from fetcher.retry import parse_retry_after
 
-__all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "parse_reset"]
+__all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "one_second_of", "parse_reset"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -158,6 +158,16 @@ class LimiterStats:
     waits: int = 0
     waited_s: float = 0.0
     max_in_flight: int = 0
+
+
+def one_second_of(n: int, span_s: float) -> int:
+    """Requests that may go at once under "``n`` per ``span_s``": one second's worth.
+
+    A window of a second or less may go whole; a longer one, its share of a
+    second (rounded up). Both the default concurrency of a configured rate and
+    the in-flight raise from the server's window are sized by this.
+    """
+    return min(n, math.ceil(n / max(span_s, 1.0)))
 
 
 def parse_reset(value: str, *, now_wall: float) -> float | None:
@@ -417,10 +427,9 @@ class Limiter:
     def _widen(self) -> None:
         """Let one second of the server's advertised window go at once, within the room given."""
         limit = self._window_limit
-        if limit is None or self._max_auto_in_flight <= self.max_in_flight:
+        if limit is None:
             return
-        one_second = min(limit, math.ceil(limit / max(self._window_span, 1.0)))
-        wanted = min(one_second, self._max_auto_in_flight)
+        wanted = min(one_second_of(limit, self._window_span), self._max_auto_in_flight)
         if wanted > self.max_in_flight:
             for _ in range(wanted - self.max_in_flight):
                 self._slots.release()
