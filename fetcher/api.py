@@ -58,11 +58,15 @@ class RecordingTransport:
     def __init__(self, inner: Transport, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.inner = inner
         self.observed: list[Observed] = []
+        #: Requests handed to the inner transport, answered or not: a connection
+        #: dropped mid-request was still sent, and the server may have counted it.
+        self.sent = 0
         self._wall = wall_clock
 
     async def send(self, request: Request) -> Response:
         """Send through the inner transport and record what came back."""
         started = time.monotonic()
+        self.sent += 1
         response = await self.inner.send(request)
         headers = response.headers
         raw_reset = headers.get("x-ratelimit-reset")

@@ -464,6 +464,7 @@ def _plan(
     notes: list[str],
 ) -> RunPlan:
     observed = api.transport.observed if api is not None and api.transport else []
+    sent = api.transport.sent if api is not None and api.transport else 0
     window = (min(s.start for s in specs), max(s.end for s in specs)) if specs else None
     if not specs:
         notes.append("nothing to fetch: up to date")
@@ -479,7 +480,7 @@ def _plan(
         batch_size=settings.user_batch_size,
         team_list=settings.needs_team_list,
         probed=probed,
-        requests_sent=len(observed),
+        requests_sent=sent,
         rate=settings.rate,
         concurrency=settings.concurrency,
         server_limit=_server_limit(observed),

@@ -22,6 +22,22 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.toml"
 
 
+def pinned_example(tmp_path: Path) -> Path:
+    """example.toml with its "last 7 days" pinned to one fixed week.
+
+    The simulator's faults hash the query, dates included: against "last 7 days"
+    which pages fail (and so what a run sends) would change with the day the
+    suite runs. Every other setting is the file's own.
+    """
+    text = EXAMPLE.read_text()
+    assert 'window = "last 7 days"' in text
+    pinned = tmp_path / "example-pinned.toml"
+    pinned.write_text(
+        text.replace('window = "last 7 days"', 'start = "2026-03-02"\nend = "2026-03-08"')
+    )
+    return pinned
+
+
 def example_simulator() -> SimulatorConfig:
     """The simulator config/example.toml describes, to run on a port the test can watch."""
     knobs = load_settings({}, config_file=EXAMPLE).simulator
@@ -36,8 +52,9 @@ def example_simulator() -> SimulatorConfig:
 
 
 async def plan_json(sim: RunningSimulator, cwd: Path, *extra: str) -> dict[str, Any]:
+    config = pinned_example(cwd)
     result = await run_cli(
-        ["plan", "--config", str(EXAMPLE), "--base-url", sim.base_url, "--json", *extra], cwd=cwd
+        ["plan", "--config", str(config), "--base-url", sim.base_url, "--json", *extra], cwd=cwd
     )
     assert result.returncode == ExitCode.OK, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
@@ -55,7 +72,7 @@ async def test_plan_sends_only_page_one_and_estimates_a_real_run(tmp_path: Path)
             [
                 "export",
                 "--config",
-                str(EXAMPLE),
+                str(pinned_example(tmp_path)),
                 "--base-url",
                 sim.base_url,
                 "--out",
@@ -83,6 +100,22 @@ async def test_plan_sends_only_page_one_and_estimates_a_real_run(tmp_path: Path)
     assert abs(plan["requests"] - real_requests) <= 0.2 * real_requests
     assert plan["server_limit"] == {"limit": 50, "window_s": 1.0}
     assert plan["min_run_s"] is not None and plan["min_run_s"] > 0
+
+
+async def test_requests_sent_counts_requests_that_got_no_answer(tmp_path: Path) -> None:
+    """A probe whose connection was dropped was still sent: requests_sent counts it."""
+    config = SimulatorConfig(team_size=10, fault_rate=1.0, fault_kinds=("reset",))
+    async with serve(config) as sim:
+        args = [
+            "plan", "--base-url", sim.base_url, "--users", ",".join(sim.user_ids),
+            "--start", "2026-03-02", "--end", "2026-03-04", "--slice", "day", "--json",
+        ]  # fmt: skip
+        result = await run_cli(args, cwd=tmp_path)
+        requests = sim.stats.requests
+    assert result.returncode == ExitCode.OK, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["queries"] == 3
+    assert requests == plan["requests_sent"] == 3  # one probe each, none answered
 
 
 async def test_no_probe_sends_only_the_team_list_and_estimates_from_users(tmp_path: Path) -> None:
