@@ -14,11 +14,22 @@ Checks, in order
        ``{"type": "auth", "message": "Invalid token"}`` (not 401, as the vendor does).
        Auth failures carry no rate-limit headers: there is no valid key whose quota
        they could describe.
-    2. **Rate limit** (when ``rate_limit`` is set): a fixed window per API key. Every
-       later response carries ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and
-       ``x-ratelimit-reset``. Over the limit: 429 ``ThrottlerException: Too Many
-       Requests`` (or 400 ``Rate Limit exceeded, ...``) with ``retry-after``.
-       Refused requests do not consume quota.
+    2. **Rate limit** (when ``rate_limit`` is set): ``rate_limit`` hits per
+       ``rate_window_s`` per API key. Every later response carries
+       ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset``
+       (written as ``reset_format`` says). Over the limit: 429 ``ThrottlerException:
+       Too Many Requests`` (or, with ``rate_limit_status=400``, 400 ``Rate Limit
+       exceeded, ...``) with ``retry-after`` unless ``rate_retry_after=False``. By
+       default a window opens with the first request after the previous one expired,
+       hits count on arrival and refused requests do not consume quota (NestJS's
+       throttler). Switches model other throttlers: ``rate_window_mode`` (windows
+       ``"aligned"`` on the wall clock at ``rate_window_phase_s``, or a ``"sliding"``
+       log), ``rate_count_on="answer"`` (the hit counts when the answer is sent, so
+       requests in flight are not seen by the check), ``rate_count_refused`` (refusals
+       count too), and ``foreign_share`` (another client on the first key spends that
+       share of its budget, evenly spaced, for the life of the server). The stats'
+       ``"rate"`` object says what the limit did, ``max_in_window`` (the key's most
+       counted hits in one window) included.
     3. **Validation**: all nine fields required, unknown ones rejected, strict types
        (``limit``/``page`` must be JSON integers), aware ISO 8601 dates, ``orderBy`` a
        metric of ``type``. HTTP 400 ``{"statusCode": 400, "message": ..., "error":
@@ -49,7 +60,8 @@ Other endpoints
     ``GET /v1/user/team-member-list`` (auth and rate limit apply, no faults) lists
     the whole team. ``GET /_simulator/stats`` returns :meth:`SimulatorStats.snapshot`
     (``?events=1`` adds every event) and ``POST /_simulator/reset`` zeroes the stats,
-    the fault attempt counters and the rate-limit windows; neither needs auth.
+    the fault attempt counters and the rate-limit windows (a foreign client keeps
+    running); neither needs auth.
 """
 
 from fetcher.simulator._app import RunningSimulator, create_app, serve

@@ -4,7 +4,11 @@ Each API request goes through the same steps, in the order the real backend
 applies them: auth, rate limit, validation, fault injection, latency, answer.
 The pipeline first *decides* the reply (cheap, synchronous), then waits out the
 latency, then sends it, so a benchmark's CPU cost per page is a dict lookup, a
-slice and a join.
+slice and a join. With ``rate_count_on="answer"`` the rate limit's hit is counted
+at the send, after the latency.
+
+With ``foreign_share`` set, a background task spends that share of the first key's
+budget for the life of the app (see :meth:`_Simulator.foreign_client`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from aiohttp import web
 
 from fetcher.simulator._config import FaultKind, SimulatorConfig
 from fetcher.simulator._faults import choose_fault
-from fetcher.simulator._ratelimit import Decision, FixedWindowLimiter
+from fetcher.simulator._ratelimit import Decision, RateLimiter
 from fetcher.simulator._report import ReportEngine, Result
 from fetcher.simulator._stats import EventKind, RequestEvent, SimulatorStats
 from fetcher.simulator._team import Member, build_team, stable_unit
@@ -99,6 +103,9 @@ class _Trace:
     query: str | None = None
     status: int | None = None
     success: bool = False
+    # The rate limit's decision and the key it was for; the send reports the answer.
+    decision: Decision | None = None
+    api_key: str = ""
 
 
 def _query_key(body: dict[str, Any]) -> str:
@@ -124,7 +131,8 @@ class _Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.team = build_team(config.seed, config.team_size)
-        self.stats = SimulatorStats()
+        self.limiter = RateLimiter.from_config(config) if config.rate_limit is not None else None
+        self.stats = SimulatorStats(rate=self.limiter)
         self.engine = ReportEngine(
             config.seed,
             self.team,
@@ -135,11 +143,6 @@ class _Simulator:
         )
         # Requests served per query, the clock of the drift switch.
         self._query_ticks: Counter[str] = Counter()
-        self.limiter = (
-            FixedWindowLimiter(config.rate_limit, config.rate_window_s)
-            if config.rate_limit is not None
-            else None
-        )
         self.closing = asyncio.Event()
         self._keys = frozenset(config.api_keys)
         self._queries: OrderedDict[str, Query] = OrderedDict()
@@ -162,7 +165,10 @@ class _Simulator:
         )
 
     def reset(self) -> None:
-        """Zero the stats, the fault attempt counters and the rate-limit windows."""
+        """Zero the stats, the fault attempt counters and the rate-limit windows.
+
+        The foreign client keeps running: it is another tool, not this server's state.
+        """
         self.stats.reset()
         self._served.clear()
         self._query_ticks.clear()
@@ -196,6 +202,48 @@ class _Simulator:
         del app
         self.closing.set()
 
+    async def foreign_client(self, app: web.Application) -> AsyncIterator[None]:
+        """A cleanup context: run the foreign client (if configured) while the app runs.
+
+        aiohttp owns the event loop of the app, so its cleanup context is the structured
+        lifetime here: the task starts with the app and is cancelled and awaited when
+        the app is cleaned up (it also stops by itself at shutdown, see ``_pause``).
+        """
+        del app
+        if self.config.foreign_share <= 0 or self.limiter is None:
+            yield
+            return
+        task = asyncio.create_task(self._spend_foreign_share(self.limiter))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _spend_foreign_share(self, limiter: RateLimiter) -> None:
+        """Hit the first key's limit ``share * limit`` times per window, evenly spaced.
+
+        Each hit is answered at once (checked and counted in one step, whatever
+        ``rate_count_on`` says). The next hit is due one interval after this one
+        *was made*, never earlier, so hits are at least W / (share * limit) apart and
+        no span of W ever holds more than ``ceil(share * limit)`` of them: a late
+        timer makes the foreign client spend a little less, never more.
+        """
+        config = self.config
+        assert config.rate_limit is not None  # checked by SimulatorConfig
+        interval = config.rate_window_s / (config.foreign_share * config.rate_limit)
+        key = config.api_keys[0]
+        while True:
+            decision = limiter.hit(key)
+            self.stats.rate_decided(allowed=decision.allowed, foreign=True)
+            # Read after the hit, so due is at least one interval past the limiter's reading.
+            due = time.monotonic() + interval
+            # The event loop may wake a timer a hair early; wait out the rest.
+            while (left := due - time.monotonic()) > 0:
+                if not await self._pause(left):
+                    return
+
     # -- pipeline ------------------------------------------------------------------------------
 
     async def _tracked(
@@ -217,14 +265,17 @@ class _Simulator:
     def _authorize(self, request: web.Request) -> bool:
         return request.headers.get(_API_KEY_HEADER) in self._keys
 
-    def _limit(self, request: web.Request) -> tuple[Decision | None, dict[str, str]]:
+    def _limit(self, request: web.Request, trace: _Trace) -> tuple[Decision | None, dict[str, str]]:
         if self.limiter is None:
             return None, {}
-        decision = self.limiter.hit(request.headers[_API_KEY_HEADER])
-        return decision, decision.headers(self.config.reset_format, time.time)
+        trace.api_key = request.headers[_API_KEY_HEADER]
+        decision = trace.decision = self.limiter.check(trace.api_key)
+        self.stats.rate_decided(allowed=decision.allowed)
+        return decision, decision.headers(self.config.reset_format)
 
     def _throttled(self, decision: Decision, headers: dict[str, str]) -> _Reply:
-        headers["retry-after"] = str(decision.retry_after)
+        if self.config.rate_retry_after:
+            headers["retry-after"] = str(decision.retry_after)
         if self.config.rate_limit_status == 429:
             return _Reply(429, _THROTTLED_BODY, headers=headers)
         return _Reply(400, _RATE_LIMIT_400_BODY, headers=headers)
@@ -233,7 +284,7 @@ class _Simulator:
         if not self._authorize(request):
             trace.kind = "auth"
             return _Reply(400, _AUTH_BODY)
-        decision, headers = self._limit(request)
+        decision, headers = self._limit(request, trace)
         if decision is not None and not decision.allowed:
             trace.kind = "rate_limited"
             return self._throttled(decision, headers)
@@ -253,7 +304,7 @@ class _Simulator:
             if is_int(body.get("page")):
                 trace.page = body["page"]
                 self.stats.page_requested(trace.query, body["page"])
-        decision, headers = self._limit(request)
+        decision, headers = self._limit(request, trace)
         if decision is not None and not decision.allowed:
             trace.kind = "rate_limited"
             return self._throttled(decision, headers)
@@ -371,6 +422,10 @@ class _Simulator:
             return _drop_connection(request)
         if reply.status is None:
             return _drop_connection(request)
+        if trace.decision is not None and self.limiter is not None:
+            # An answer goes out: with rate_count_on="answer" its hit counts now. A
+            # request that never gets an answer (dropped, client gone) never counts.
+            self.limiter.answered(trace.api_key, trace.decision)
         trace.status = reply.status
         trace.success = reply.status == 200 and trace.kind in ("ok", "stall")
         return web.Response(
@@ -404,6 +459,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get(STATS_PATH, simulator.stats_snapshot)
     app.router.add_post(RESET_PATH, simulator.stats_reset)
     app.on_shutdown.append(simulator.on_shutdown)
+    app.cleanup_ctx.append(simulator.foreign_client)
     return app
 
 
@@ -453,8 +509,21 @@ class RunningSimulator:
         query, _ = parse_body({**body, "page": 1, "limit": 1}, max_page_size=1)
         return [dict(row) for row in self._simulator.engine.result(query).rows]
 
+    @property
+    def rate_window_phase_s(self) -> float | None:
+        """Where aligned rate-limit windows start: they are ``[phase + k*W, phase + (k+1)*W)``.
+
+        In epoch seconds modulo W (``rate_window_s``): the configured phase, or the one
+        drawn from the seed. ``None`` without a rate limit or in another window mode.
+        """
+        limiter = self._simulator.limiter
+        return limiter.phase_s if limiter is not None else None
+
     def reset(self) -> None:
-        """Zero the stats, the fault attempt counters and the rate-limit windows."""
+        """Zero the stats, the fault attempt counters and the rate-limit windows.
+
+        The foreign client, if any, keeps running.
+        """
         self._simulator.reset()
 
 

@@ -8,13 +8,21 @@ port is opened.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Annotated, Final, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fetcher.spec import MAX_PAGE_SIZE
 
-__all__ = ["FAULT_KINDS", "Envelope", "FaultKind", "ResetFormat", "SimulatorConfig"]
+__all__ = [
+    "FAULT_KINDS",
+    "CountOn",
+    "Envelope",
+    "FaultKind",
+    "ResetFormat",
+    "SimulatorConfig",
+    "WindowMode",
+]
 
 #: A fault the simulator can inject in place of a normal answer:
 #:
@@ -32,10 +40,28 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 #: Where the rows sit in a 200 body; KNOWN.md lists all of these across the vendor's endpoints.
 Envelope = Literal["data", "items", "array", "nested", "named"]
 
-#: How ``x-ratelimit-reset`` is written: epoch seconds of the window end (with
-#: milliseconds, e.g. ``1700000012.345``), whole seconds until the window ends
-#: (rounded up, as NestJS's throttler sends them), or an RFC 7231 HTTP date.
-ResetFormat = Literal["epoch", "seconds", "http-date"]
+#: How ``x-ratelimit-reset`` is written, each as some server sends it:
+#:
+#: - ``"epoch"``: epoch seconds of the reset with milliseconds (``1700000012.345``).
+#: - ``"seconds"``: whole seconds until the reset, rounded up, at least 1 (NestJS's throttler).
+#: - ``"fractional"``: seconds until the reset with milliseconds, rounded up, at least 0.001
+#:   (``0.734``).
+#: - ``"epoch-seconds"``: whole epoch seconds of the reset, rounded up (GitHub-style APIs).
+#: - ``"http-date"``: an RFC 7231 HTTP date of the reset, rounded up to the second.
+ResetFormat = Literal["epoch", "seconds", "fractional", "epoch-seconds", "http-date"]
+
+#: How rate-limit windows are laid out (see ``fetcher.simulator._ratelimit``):
+#:
+#: - ``"first-request"``: a window opens with the first counted hit after the previous one
+#:   expired (NestJS's throttler, express-rate-limit's memory store).
+#: - ``"aligned"``: fixed windows on the wall clock, ``[phase + k*W, phase + (k+1)*W)``, as
+#:   limiters keyed on ``floor(time / W)`` and gateways lay them out.
+#: - ``"sliding"``: a sliding log: admitted while fewer than ``limit`` hits lie in the last W.
+WindowMode = Literal["first-request", "aligned", "sliding"]
+
+#: When a request's hit is counted: when it arrives (the common case), or when its answer
+#: is sent (servers that record the hit in an on-finish hook).
+CountOn = Literal["arrival", "answer"]
 
 
 class SimulatorConfig(BaseModel):
@@ -53,9 +79,24 @@ class SimulatorConfig(BaseModel):
         latency_jitter_ms: up to this much more, drawn per request from the seed.
         max_page_size: a ``limit`` above this is answered with HTTP 400.
         rate_limit: requests per window per API key; ``None`` disables rate limiting.
-        rate_window_s: length of the fixed rate-limit window.
+        rate_window_s: length of a rate-limit window (W).
+        rate_window_mode: how windows are laid out: ``"first-request"``, ``"aligned"`` or
+            ``"sliding"`` (see :data:`WindowMode`).
+        rate_window_phase_s: where aligned windows start on the wall clock, in seconds
+            (taken modulo W); ``None`` draws it from ``seed``, so it is arbitrary but
+            reproducible. Ignored by the other modes.
+        rate_count_on: ``"arrival"`` counts a hit when the request is checked;
+            ``"answer"`` checks on arrival against the hits counted so far and counts the
+            hit when the answer is sent, in the window in force then.
+        rate_count_refused: refused requests are counted as hits too, so a client that
+            keeps hammering keeps a full window (or sliding log) full.
+        rate_retry_after: whether a refusal carries ``retry-after``.
         rate_limit_status: 429 (the common case) or 400 (seen by some clients).
-        reset_format: how ``x-ratelimit-reset`` is written.
+        reset_format: how ``x-ratelimit-reset`` is written (see :data:`ResetFormat`).
+        foreign_share: the share (0 <= share < 1) of the first key's budget that a
+            background consumer on the same key spends, as another tool would: about
+            ``share * rate_limit`` hits per window, evenly spaced, for the server's life.
+            Needs ``rate_limit``.
         fault_rate: probability (0..1) that a valid request gets a fault instead of its answer.
         fault_kinds: the faults drawn from, uniformly.
         stall_s: how long a ``"stall"`` fault holds the answer back.
@@ -86,8 +127,14 @@ class SimulatorConfig(BaseModel):
     max_page_size: int = Field(default=MAX_PAGE_SIZE, ge=1)
     rate_limit: int | None = Field(default=None, ge=1)
     rate_window_s: float = Field(default=60.0, gt=0)
+    rate_window_mode: WindowMode = "first-request"
+    rate_window_phase_s: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    rate_count_on: CountOn = "arrival"
+    rate_count_refused: bool = False
+    rate_retry_after: bool = True
     rate_limit_status: Literal[429, 400] = 429
     reset_format: ResetFormat = "epoch"
+    foreign_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     fault_kinds: tuple[FaultKind, ...] = Field(default=FAULT_KINDS, min_length=1)
     stall_s: float = Field(default=30.0, ge=0)
@@ -96,3 +143,10 @@ class SimulatorConfig(BaseModel):
     hidden_users: frozenset[str] = frozenset()
     drop_fields: frozenset[str] = frozenset()
     extra_fields: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _foreign_client_needs_a_limit(self) -> Self:
+        # A foreign client spends a share of a budget; without a limit there is none.
+        if self.foreign_share > 0 and self.rate_limit is None:
+            raise ValueError("foreign_share > 0 needs rate_limit set (the budget it spends)")
+        return self

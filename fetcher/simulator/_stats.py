@@ -11,17 +11,21 @@ Per-page counters are keyed by ``(query key, page)``: the query key is a short
 hash of the request body without ``page``, so two exports of different windows
 do not mix, while ``requests_for(page)`` and ``successes_for(page)`` sum over
 queries for the common one-query case.
+
+With a rate limit, the snapshot also has a ``"rate"`` object: the limiter's
+settings and busiest window (``max_in_window``), and how many requests it
+admitted and refused, for real clients and for the foreign client apart.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fetcher.simulator._config import FaultKind
 
-__all__ = ["EventKind", "RequestEvent", "SimulatorStats"]
+__all__ = ["EventKind", "RateLimitView", "RequestEvent", "SimulatorStats"]
 
 #: Why a request was answered the way it was.
 EventKind = Literal["ok", "rate_limited", "auth", "invalid"] | FaultKind
@@ -48,6 +52,14 @@ class RequestEvent:
     query: str | None = None
 
 
+class RateLimitView(Protocol):
+    """What the stats read from a rate limiter."""
+
+    def describe(self) -> dict[str, Any]:
+        """Its settings and busiest window, as JSON-able data."""
+        ...
+
+
 @dataclass(slots=True)
 class _PageCounts:
     requests: int = 0
@@ -62,14 +74,23 @@ class SimulatorStats:
         responses: outcomes by HTTP status (as a string), or ``"reset"``/``"stall"``/``"aborted"``.
         kinds: requests by kind (see :class:`RequestEvent`).
         rate_limited: requests refused by the rate limit.
+        rate_admitted: requests of real clients the rate limit admitted.
+        rate_refused: requests of real clients the rate limit refused.
+        foreign_admitted: hits of the foreign client the rate limit admitted.
+        foreign_refused: hits of the foreign client the rate limit refused.
         faults: faults injected, by kind (counted when injected).
         in_flight: requests being handled right now.
         max_in_flight: the most requests handled at once.
         events: every finished request, in completion order (sort by ``t`` for arrival order).
+
+    Args:
+        rate: the rate limiter whose settings the snapshot's ``"rate"`` object shows;
+            ``None`` (no rate limit) leaves that object out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rate: RateLimitView | None = None) -> None:
         self.in_flight = 0
+        self._rate = rate
         self.reset()
 
     def reset(self) -> None:
@@ -78,6 +99,10 @@ class SimulatorStats:
         self.responses: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.rate_limited = 0
+        self.rate_admitted = 0
+        self.rate_refused = 0
+        self.foreign_admitted = 0
+        self.foreign_refused = 0
         self.faults: Counter[str] = Counter()
         self.max_in_flight = self.in_flight
         self.events: list[RequestEvent] = []
@@ -94,6 +119,18 @@ class SimulatorStats:
     def page_requested(self, query: str, page: int) -> None:
         """An authenticated request named ``page`` of ``query``."""
         self._page(query, page).requests += 1
+
+    def rate_decided(self, *, allowed: bool, foreign: bool = False) -> None:
+        """The rate limit admitted (or refused) a request, or a hit of the foreign client."""
+        if foreign:
+            if allowed:
+                self.foreign_admitted += 1
+            else:
+                self.foreign_refused += 1
+        elif allowed:
+            self.rate_admitted += 1
+        else:
+            self.rate_refused += 1
 
     def fault_injected(self, kind: FaultKind) -> None:
         """A fault replaced the normal answer."""
@@ -157,6 +194,14 @@ class SimulatorStats:
             "pages_fetched_twice": [list(key) for key in self.pages_fetched_twice()],
             "event_count": len(self.events),
         }
+        if self._rate is not None:
+            snapshot["rate"] = {
+                **self._rate.describe(),
+                "admitted": self.rate_admitted,
+                "refused": self.rate_refused,
+                "foreign_admitted": self.foreign_admitted,
+                "foreign_refused": self.foreign_refused,
+            }
         if include_events:
             snapshot["events"] = [asdict(event) for event in self.events]
         return snapshot
