@@ -348,16 +348,19 @@ class Client:
         Raises:
             FetcherError: the status's error class (see :meth:`check_response`).
         """
-        async with self.limiter.slot():
+        async with self.limiter.slot() as ticket:
             sent = time.monotonic()
             response = await self._transport.send(request)
             self.timeouts.observe(time.monotonic() - sent)
-        self.limiter.observe(response.status, response.headers)
-        try:
-            self.check_response(response, ref)
-        except RateLimitedError as exc:
-            self.limiter.refused(exc.retry_after, response.headers)
-            raise
+            try:
+                self.check_response(response, ref)
+            except RateLimitedError as exc:
+                self.limiter.refused(exc.retry_after, response.headers, ticket)
+                raise
+            except FetcherError:
+                self.limiter.observe(response.status, response.headers, ticket)
+                raise
+            self.limiter.observe(response.status, response.headers, ticket)
         return response
 
     async def team_members(self) -> list[TeamMember]:

@@ -43,7 +43,6 @@ all of this is tested on a fake clock.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import math
 import re
 import time
@@ -53,8 +52,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import anyio
+import structlog
 
-from fetcher.retry import parse_retry_after
+from fetcher.quota import Quota, Ticket, read_reset
 
 __all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "one_second_of", "parse_reset"]
 
@@ -85,8 +85,10 @@ _UNIT_S: Final = {
 #: The most send times the configured rate's sliding window remembers.
 _MAX_WINDOW: Final = 100_000
 
-#: Reset values below this are "seconds from now"; above, epoch seconds.
-_EPOCH_THRESHOLD: Final = 1_000_000_000
+_log = structlog.get_logger("fetcher.limits")
+
+#: The longest a waiting worker sleeps before it looks at the window again.
+_RECHECK_S: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,27 +178,8 @@ def parse_reset(value: str, *, now_wall: float) -> float | None:
     Returns:
         Seconds from now (may be <= 0), or ``None`` when unreadable.
     """
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number):
-            return None
-        if number >= _EPOCH_THRESHOLD * 1000:  # epoch milliseconds
-            return number / 1000 - now_wall
-        return number - now_wall if number >= _EPOCH_THRESHOLD else number
-    seconds = parse_retry_after(text, now=now_wall)  # an HTTP date, as Retry-After has it
-    if seconds is not None:
-        return seconds
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp() - now_wall
+    reading = read_reset(value, now_wall=now_wall)
+    return None if reading is None else reading.seconds
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -220,11 +203,12 @@ class Limiter:
             server's headers show a window that allows more in one second
             (``None``: never raised).
         adaptive: follow rate-limit headers and slow down after refusals.
-        margin_s: extra wait after a window's reset, for clock and rounding slack.
+        margin_s: extra wait after a window's end, for clock and rounding slack.
         default_pause_s: pause after a refusal that gave no ``Retry-After``.
         max_pause_s: the longest pause a ``Retry-After`` can impose on every worker
             (a hostile or broken value of years must not hang the run).
-        recover_after: successful requests that speed the adaptive pace up one step.
+        recover_s: with no headers to follow, the adaptive pace halves after
+            each this many seconds without a refusal.
         clock: monotonic seconds (injectable for tests).
         wall_clock: epoch seconds, to read epoch reset headers (injectable).
         sleep: the async sleep (injectable for tests).
@@ -240,7 +224,7 @@ class Limiter:
         margin_s: float = 0.02,
         default_pause_s: float = 1.0,
         max_pause_s: float = 300.0,
-        recover_after: int = 20,
+        recover_s: float = 0.5,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         sleep: Sleep = anyio.sleep,
@@ -254,7 +238,8 @@ class Limiter:
         self._margin = margin_s
         self._default_pause = default_pause_s
         self._max_pause = max_pause_s
-        self._recover_after = recover_after
+        self._recover_s = recover_s
+        self._halving_s = recover_s
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
@@ -265,19 +250,15 @@ class Limiter:
         self._window_n, self._window_s = rate.window if rate else (0, 0.0)
         self._sent: deque[float] = deque(maxlen=max(self._window_n, 1))
         self._paused_until = -math.inf
-        # Server window: budget left and when it resets (monotonic), limit per window.
-        self._budget: int | None = None
-        self._window_reset: float | None = None
-        self._window_limit: int | None = None
-        # The server window's length, learnt from the gaps between the ends of
-        # windows in a row (see _learn_span).
-        self._window_span = 0.0
-        self._span_samples = 0
-        self._span_end: float | None = None
-        self._last_remaining: int | None = None
-        # Adaptive pace: an interval on top of the configured one, or None.
+        #: The server's window, learned from its headers (see fetcher.quota).
+        self.quota = Quota()
+        self._told_period: float | None = None
+        # Woken on every answer: a waiting worker may go sooner than it planned.
+        self._changed = anyio.Event()
+        # Adaptive pace, for servers that send no headers: an interval, or None.
         self._adaptive_interval: float | None = None
-        self._successes_since_change = 0
+        self._pace_set_at = clock()
+        self._pace_from: float | None = None
         self._since_refusal_t = clock()
         self._since_refusal_n = 0
         self.stats = LimiterStats()
@@ -294,180 +275,247 @@ class Limiter:
         """The monotonic time workers are held until for the rate limit, if they are."""
         now = self._clock()
         until = self._paused_until
-        reset = self._window_reset
-        if self._budget is not None and self._budget <= 0 and reset is not None and reset > now:
-            until = max(until, reset + self._margin)
+        budget = self.quota.budget()
+        opens = self.quota.next_open()
+        if budget is not None and budget <= 0 and opens is not None:
+            until = max(until, opens + self._margin)
         return until if until > now else None
 
     @property
     def interval_s(self) -> float:
         """The current average interval between requests: the configured rate's or the pace's."""
         configured = self.rate.interval_s if self.rate else 0.0
-        return max(configured, self._adaptive_interval or 0.0)
+        return max(configured, self._pace())
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for a turn to send one request; hold an in-flight slot while inside."""
+    async def slot(self) -> AsyncIterator[Ticket]:
+        """Wait for a turn to send one request; hold an in-flight slot while inside.
+
+        Yields:
+            The request's :class:`~fetcher.quota.Ticket`; hand it back to
+            :meth:`observe` or :meth:`refused` with the answer.
+        """
         async with self._slots:
             await self._wait_turn()
+            ticket = self.quota.sent(self._clock())
             self._in_flight += 1
             self.stats.requests += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
             try:
-                yield
+                yield ticket
             finally:
                 self._in_flight -= 1
+                self._wake()
 
-    def observe(self, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from one response: its rate-limit headers and whether it succeeded."""
+    def observe(
+        self, status: int, headers: Mapping[str, str], ticket: Ticket | None = None
+    ) -> None:
+        """Learn from one response: its rate-limit headers and whether it succeeded.
+
+        Args:
+            status: the response's status.
+            headers: its headers.
+            ticket: the request's ticket from :meth:`slot` (``None``: as if sent now).
+        """
         if not self.adaptive:
             return
-        self._read_window(headers)
+        before = self._state()
+        self._read_window(headers, ticket, refused=False)
         if 200 <= status < 300:
             self._since_refusal_n += 1
-            self._speed_up()
+        if self._state() != before:
+            self._wake()
 
-    def refused(self, retry_after: float | None, headers: Mapping[str, str] | None = None) -> None:
+    def refused(
+        self,
+        retry_after: float | None,
+        headers: Mapping[str, str] | None = None,
+        ticket: Ticket | None = None,
+    ) -> None:
         """A request was refused for the rate limit: every worker pauses.
+
+        The pause is the ``Retry-After``, or until the window's end when that
+        is known sooner and better: a whole-second ``Retry-After: 1`` on a
+        window that ends in 0.2 s would waste most of a window. With no
+        ``Retry-After``, until the window's end, else ``default_pause_s``.
 
         Args:
             retry_after: seconds the server asked to wait, if it said.
             headers: the refusal's headers, for its window figures.
+            ticket: the refused request's ticket from :meth:`slot`.
         """
         self.stats.refusals += 1
         now = self._clock()
+        if self.adaptive and headers is not None:
+            self._read_window(headers, ticket, refused=True)
         pause = retry_after if retry_after is not None and retry_after > 0 else None
+        opens = self.quota.next_open() if self.adaptive else None
+        if opens is not None and opens > now and (pause is None or self.quota.precise):
+            # The learned end: sooner than a rounded-up Retry-After, or all we have.
+            pause = opens - now if pause is None else min(pause, opens - now)
         if pause is None:
             pause = self._default_pause
         pause = min(pause, self._max_pause)
         self._paused_until = max(self._paused_until, now + pause + self._margin)
-        if not self.adaptive:
-            return
-        if headers is not None:
-            self._read_window(headers)
-        # Slow down to half the throughput that ran into the limit.
-        elapsed = max(now - self._since_refusal_t, 1e-3)
-        throughput = max(self._since_refusal_n, 1) / elapsed
-        slower = 2.0 / throughput
-        self._adaptive_interval = max(self._adaptive_interval or 0.0, slower)
-        self._successes_since_change = 0
-        self._since_refusal_t = now
-        self._since_refusal_n = 0
+        if self.adaptive and not self.quota.headers_seen:
+            self._slow_down(now, pause)
+        self._wake()
 
     # -- internals --------------------------------------------------------
 
-    def _speed_up(self) -> None:
-        if self._adaptive_interval is None:
-            return
-        self._successes_since_change += 1
-        if self._successes_since_change < self._recover_after:
-            return
-        self._successes_since_change = 0
-        self._adaptive_interval /= 1.25
-        if self.rate is not None:
-            # A configured rate was refused: the server does not take its bursts.
-            # The pace stays, no faster than the rate's even spacing, instead of
-            # switching off and letting whole windows go at once again.
-            n, span = self._window_n, self._window_s
-            self._adaptive_interval = max(self._adaptive_interval, span / n)
-        elif self._adaptive_interval <= 1e-3:
-            self._adaptive_interval = None
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
-    def _read_window(self, headers: Mapping[str, str]) -> None:
-        remaining = header_int(headers, "x-ratelimit-remaining")
-        limit = header_int(headers, "x-ratelimit-limit")
-        raw_reset = headers.get("x-ratelimit-reset")
-        if limit is not None and limit > 0:
-            self._window_limit = limit
-        if remaining is None or raw_reset is None:
-            return
-        until = parse_reset(raw_reset, now_wall=self._wall())
-        if until is None:
-            return
-        now = self._clock()
-        reset = now + max(until, 0.0)
-        if self._max_auto_in_flight > self.max_in_flight:
-            self._learn_span(reset, until, remaining)
-        # Requests still in flight may already count against what is left.
-        budget = remaining - self._in_flight
-        if self._window_reset is None or self._budget is None or reset > self._window_reset + 0.5:
-            # A new window (or the first we hear of): take its figure.
-            self._window_reset = reset
-            self._budget = budget
-        else:
-            # Same window; answers arrive out of order, the lowest is the truest.
-            self._budget = min(self._budget, budget)
+    def _state(self) -> tuple[int, bool, float | None]:
+        """What a waiting worker's plan depends on: an answer that changes it wakes them."""
+        budget = self.quota.budget()
+        return (self.quota.window, budget is None or budget > 0, self.quota.next_open())
 
-    def _learn_span(self, reset: float, until: float, remaining: int) -> None:
-        """Sample the server window's length; with two samples, widen.
+    def _slow_down(self, now: float, pause: float) -> None:
+        """No headers to follow: pace at half the throughput that ran into the limit.
 
-        A sample is the time between the ends of two windows in a row: never
-        shorter than a window (longer if the run idled between them), so the
-        largest sample errs on the slow side. A window counts as the next one
-        only when its budget went up and its end moved on by more than half a
-        second; an answer about a window that has ended (a request the old
-        window counted, answered after its reset) counts for nothing, nor does
-        a refusal's (its budget is spent). The first window's end is a true end
-        even if it opened before the run.
+        The pace then halves every ``recover_s``, or every pause as long as the
+        one just imposed (the server's hint of its window), whichever is longer.
         """
-        last_remaining, self._last_remaining = self._last_remaining, remaining
-        if until <= 0:
-            return
-        if self._span_end is None:
-            self._span_end = reset
-            return
-        rose = last_remaining is not None and remaining > last_remaining
-        if rose and reset > self._span_end + 0.5:
-            self._window_span = max(self._window_span, reset - self._span_end)
-            self._span_samples += 1
-            self._span_end = reset
-            if self._span_samples >= 2:
-                self._widen()
+        self._halving_s = max(self._recover_s, pause)
+        elapsed = max(now - self._since_refusal_t, 1e-3)
+        throughput = max(self._since_refusal_n, 1) / elapsed
+        self._pace_from = max(self._pace(), 2.0 / throughput)
+        self._pace_set_at = now
+        self._since_refusal_t = now
+        self._since_refusal_n = 0
+
+    def _pace(self) -> float:
+        """The adaptive interval now: it halves every pause-length without a refusal.
+
+        Time, not a count of successes, lifts it: at one request a second a
+        count of 20 would take minutes per step. With a configured rate it
+        stops at the rate's even spacing: a server that refused its bursts once
+        would refuse them again.
+        """
+        if self._pace_from is None:
+            return 0.0
+        halvings = (self._clock() - self._pace_set_at) / self._halving_s
+        interval: float = self._pace_from * 0.5 ** min(halvings, 60.0)
+        if self.rate is not None:
+            return max(interval, self._window_s / self._window_n)
+        if interval <= 1e-3:
+            self._pace_from = None
+            return 0.0
+        return interval
+
+    def _read_window(
+        self, headers: Mapping[str, str], ticket: Ticket | None, *, refused: bool
+    ) -> None:
+        now = self._clock()
+        if ticket is None:
+            ticket = self.quota.seen(now, in_flight=self._in_flight)
+        raw_reset = headers.get("x-ratelimit-reset")
+        reset = None if raw_reset is None else read_reset(raw_reset, now_wall=self._wall())
+        before = self.quota.window
+        self.quota.observe(
+            ticket,
+            now=now,
+            remaining=header_int(headers, "x-ratelimit-remaining"),
+            limit=header_int(headers, "x-ratelimit-limit"),
+            reset=reset,
+            refused=refused,
+        )
+        if self.quota.window != before:
+            lo, hi = self.quota.end
+            _log.debug(
+                "rate-limit window began",
+                window=self.quota.window,
+                remaining=self.quota.budget(),
+                ends_in_s=None if hi is None else round(hi - now, 3),
+                end_known_to_s=None if hi is None else round(hi - lo, 3),
+            )
+        self._widen()
 
     def _widen(self) -> None:
-        """Let one second of the server's advertised window go at once, within the room given."""
-        limit = self._window_limit
-        if limit is None:
+        """Let one second of the server's window go at once, within the room given."""
+        period, limit = self.quota.period, self.quota.limit
+        if period is None or limit is None or period.hi == math.inf:
             return
-        wanted = min(one_second_of(limit, self._window_span), self._max_auto_in_flight)
+        if self._told_period != period.hi:
+            self._told_period = period.hi
+            _log.debug(
+                "rate-limit window length learned",
+                limit=limit,
+                period_s=round((period.lo + period.hi) / 2, 3),
+                known_to_s=round(period.hi - period.lo, 3),
+            )
+        wanted = min(one_second_of(limit, period.hi), self._max_auto_in_flight)
         if wanted > self.max_in_flight:
             for _ in range(wanted - self.max_in_flight):
                 self._slots.release()
             self.max_in_flight = wanted
+
+    def _server_delay(self, now: float) -> float | None:  # noqa: PLR0911  (one per case)
+        """How long the server's window holds the next send (``None``: until an answer says)."""
+        quota = self.quota
+        opens = quota.next_open()
+        if opens is not None and now >= opens + self._margin:
+            quota.roll(now)
+            opens = quota.next_open()
+        budget = quota.budget()
+        if budget is None:
+            if not quota.headers_seen:
+                return 0.0
+            # The quota is unknown until an answer says: one request at a time.
+            return 0.0 if self._in_flight == 0 else None
+        if budget <= 0:
+            if opens is not None:
+                return opens + self._margin - now
+            if self._in_flight:
+                return None  # an answer will say more
+            # Spent, its end unknown, nothing out to tell: after a pause, one goes to ask.
+            return self._last_send + self._default_pause - now
+        if quota.shared and opens is not None:
+            # Another client spends this budget too: spread ours over what is left
+            # of the window, rather than take it all at once and leave it none.
+            spread = (opens - now) / budget
+            return max(self._last_send + spread - now, 0.0)
+        return 0.0
 
     async def _wait_turn(self) -> None:
         waited = False
         started = self._clock()
         while True:
             now = self._clock()
-            delay = 0.0
+            delay: float | None = 0.0
             if now < self._paused_until:
                 delay = self._paused_until - now
-            elif self._window_reset is not None and now >= self._window_reset + self._margin:
-                # The window has reset: a full window, less what is still in flight.
-                # Its own end is unknown until the next response says.
-                limit = self._window_limit
-                self._budget = None if limit is None else limit - self._in_flight
-                self._window_reset = None
-                continue
-            elif self._budget is not None and self._budget <= 0 and self._window_reset is not None:
-                delay = self._window_reset + self._margin - now
-            else:
-                next_at = self._last_send + (self._adaptive_interval or 0.0)
+            elif self.adaptive:
+                delay = self._server_delay(now)
+            if delay is not None and delay <= 0:
+                next_at = self._last_send + self._pace()
                 if self._window_n and len(self._sent) == self._window_n:
                     # The oldest of the last n sends must be a whole span ago.
                     next_at = max(next_at, self._sent[0] + self._window_s + self._margin)
-                if now < next_at:
-                    delay = next_at - now
-            if delay <= 0:
+                delay = next_at - now
+            if delay is not None and delay <= 0:
                 break
             waited = True
-            await self._sleep(delay)
+            await self._wait(delay)
         if waited:
             self.stats.waits += 1
             self.stats.waited_s += self._clock() - started
         self._last_send = self._clock()
         if self._window_n:
             self._sent.append(self._last_send)
-        if self._budget is not None:
-            self._budget -= 1
+
+    async def _wait(self, delay: float | None) -> None:
+        """Sleep ``delay`` seconds, at most :data:`_RECHECK_S` at a time; ``None``: until an answer.
+
+        Sleeping in short steps lets an answer that changes the plan (a window
+        that opened before its expected end) be acted on within a step, with no
+        task spawned per wait.
+        """
+        if delay is None:
+            await self._changed.wait()
+        elif self._in_flight:
+            await self._sleep(min(delay, _RECHECK_S))
+        else:
+            await self._sleep(delay)  # nothing is out: no answer can change the plan

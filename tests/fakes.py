@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.lowlevel
+
+
+async def _settle() -> None:
+    """Return once every other task is blocked on something.
+
+    ``anyio.wait_all_tasks_blocked`` does the same but sleeps a real 0.1 s
+    whenever a task is still runnable, which makes a run of hundreds of
+    wake-ups take minutes; yielding to the loop until all are blocked does not.
+    """
+    this = asyncio.current_task()
+    while True:
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not this and (waiter is None or waiter.done()):
+                break
+        else:
+            return
 
 
 class FakeClock:
@@ -23,6 +41,7 @@ class FakeClock:
         self._heap: list[tuple[float, int, anyio.Event]] = []
         self._seq = 0
         self.sleeps: list[float] = []
+        self._slept = anyio.Event()
 
     def __call__(self) -> float:
         return self.now
@@ -36,6 +55,7 @@ class FakeClock:
         event = anyio.Event()
         self._seq += 1
         heapq.heappush(self._heap, (self.now + max(seconds, 0.0), self._seq, event))
+        self._slept.set()
         await event.wait()
 
     def advance(self, seconds: float) -> None:
@@ -44,9 +64,12 @@ class FakeClock:
 
     async def _drive(self) -> None:
         while True:
-            await anyio.wait_all_tasks_blocked()
+            await _settle()
             if not self._heap:
-                await anyio.lowlevel.checkpoint()
+                # Block (not spin) until someone sleeps: a spinning driver would
+                # look runnable to a test's own wait_all_tasks_blocked forever.
+                self._slept = anyio.Event()
+                await self._slept.wait()
                 continue
             wake, _, event = heapq.heappop(self._heap)
             self.now = max(self.now, wake)

@@ -7,6 +7,7 @@ import pytest
 
 from fetcher.limits import Limiter, Rate, parse_reset
 from tests.fakes import FakeClock
+from tests.throttler import Throttler, drive
 
 
 def make(clock: FakeClock, **options: object) -> Limiter:
@@ -115,14 +116,13 @@ async def test_after_a_refusal_a_configured_rate_stops_bursting() -> None:
     would be hit by them again each time the pace recovered.
     """
     clock = FakeClock()
-    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=10, recover_after=5)
+    limiter = make(clock, rate=Rate.parse("10/s"), max_in_flight=10, default_pause_s=0.1)
     for _ in range(20):  # 20 successes over 2 s: 10/s
         clock.advance(0.1)
         limiter.observe(200, {})
-    limiter.refused(0.0)
+    limiter.refused(None)
     assert limiter.interval_s == pytest.approx(0.2)  # half of 10/s
-    for _ in range(500):
-        limiter.observe(200, {})
+    clock.advance(60)
     assert limiter.interval_s == pytest.approx(0.1)  # the rate's spacing, and it stays
     async with clock.running():
         times = await send_times(limiter, clock, 5)
@@ -156,7 +156,7 @@ async def test_remaining_zero_holds_everyone_until_the_reset() -> None:
     clock = FakeClock()
     limiter = make(clock, max_in_flight=10, margin_s=0.0)
     headers = {
-        "x-ratelimit-limit": "4",
+        "x-ratelimit-limit": "2",
         "x-ratelimit-remaining": "2",
         "x-ratelimit-reset": str(clock.wall() + 10),
     }
@@ -164,8 +164,9 @@ async def test_remaining_zero_holds_everyone_until_the_reset() -> None:
         limiter.observe(200, headers)
         assert limiter.waiting_until is None
         times = await send_times(limiter, clock, 6)
-    # 2 now; at the reset a fresh window of 4 (the limit header).
-    assert sorted(times) == [1000.0, 1000.0, 1010.0, 1010.0, 1010.0, 1010.0]
+    # 2 now; at the reset a fresh window of 2 (the limit header); with no answer to
+    # say where that one ends, at least the 10 s the first reset said.
+    assert sorted(times) == [1000.0, 1000.0, 1010.0, 1010.0, 1020.0, 1020.0]
 
 
 async def test_budget_counts_requests_in_flight() -> None:
@@ -189,7 +190,7 @@ async def test_budget_counts_requests_in_flight() -> None:
         # A response says 4 remain; 3 are in flight, so only 1 more may go now.
         limiter.observe(
             200,
-            {"x-ratelimit-remaining": "4", "x-ratelimit-reset": "30", "x-ratelimit-limit": "10"},
+            {"x-ratelimit-remaining": "4", "x-ratelimit-reset": "30.0", "x-ratelimit-limit": "7"},
         )
         times = await send_times(limiter, clock, 2)
         released.set()
@@ -205,24 +206,40 @@ async def test_waiting_until_reports_the_pause() -> None:
     assert limiter.waiting_until == pytest.approx(1008.0)
 
 
-async def test_adaptive_pace_drops_after_a_refusal_and_recovers_step_by_step() -> None:
-    """A refusal sets a pace of half the throughput that hit the limit; successes lift it."""
+async def test_adaptive_pace_drops_after_a_refusal_and_recovers_in_time() -> None:
+    """No headers: a refusal sets a pace of half the throughput; it halves every pause-length.
+
+    The pace is lifted by time, not by a count of successes: at the one request
+    a second a refusal may leave, counting 20 successes per step took minutes
+    per step (the crawl a second process on the same key never recovered from).
+    """
     clock = FakeClock()
-    limiter = make(clock, max_in_flight=10, recover_after=5)
+    limiter = make(clock, max_in_flight=10, recover_s=0.5)
     for _ in range(20):  # 20 successes over 2 s: 10/s
         clock.advance(0.1)
         limiter.observe(200, {})
-    limiter.refused(1.0)
+    limiter.refused(1.0)  # Retry-After: 1, the server's hint of its window
     assert limiter.interval_s == pytest.approx(0.2)  # half of 10/s
     intervals = []
-    for _ in range(200):
-        limiter.observe(200, {})
+    for _ in range(12):
+        clock.advance(1.0)
         intervals.append(limiter.interval_s)
-    assert intervals[:4] == [pytest.approx(0.2)] * 4  # holds for recover_after successes
-    assert intervals[4] == pytest.approx(0.2 / 1.25)  # then speeds up one step
-    assert all(b <= a for a, b in itertools.pairwise(intervals))
-    assert len(set(intervals)) >= 5  # in several steps...
-    assert intervals[-1] == 0.0  # ...until the pace is off again
+    assert intervals[:3] == [pytest.approx(0.1), pytest.approx(0.05), pytest.approx(0.025)]
+    assert intervals[-1] == 0.0  # full speed within a few windows
+
+
+async def test_headers_set_the_pace_not_the_refusals() -> None:
+    """A server that sends headers is followed by them: a refusal pauses, it sets no pace."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    async with clock.running():
+        async with limiter.slot() as ticket:
+            pass
+        limiter.refused(2.0, window_headers(20, 0, 2), ticket)
+        assert limiter.interval_s == 0.0
+        times = await send_times(limiter, clock, 20)
+    # Paused for the window's end, then the whole fresh window at once.
+    assert times == [pytest.approx(1002.0)] * 20
 
 
 async def test_non_adaptive_limiter_ignores_headers() -> None:
@@ -247,32 +264,23 @@ def window_headers(limit: int, remaining: int, reset_in: float) -> dict[str, str
 @pytest.mark.parametrize(
     ("limit", "window_s", "room", "expected"),
     [
-        (40, 1.0, 8, 8),  # one second of the window allows 40: raised, within the room
-        (6, 1.0, 8, 6),  # only as far as the window allows
-        (40, 1.0, None, 4),  # no room given (a fixed concurrency): never raised
-        (20, 60.0, 8, 4),  # a slow window (20 a minute): nothing to gain
+        (40, 1.0, 32, 32),  # one second of the window allows 40: raised, within the room
+        (24, 1.0, 32, 24),  # only as far as the window allows
+        (40, 1.0, None, 16),  # no room given (a fixed concurrency): never raised
+        (20, 60.0, 32, 16),  # a slow window (20 a minute): nothing to gain
     ],
 )
 async def test_in_flight_follows_the_servers_window_within_the_room_given(
     limit: int, window_s: float, room: int | None, expected: int
 ) -> None:
-    """Once two window lengths are known, one second of the window may be in flight."""
+    """Once the window's length is learned, one second of the window may be in flight."""
     clock = FakeClock()
-    limiter = make(clock, max_in_flight=4, max_auto_in_flight=room, margin_s=0.0)
+    limiter = make(clock, max_in_flight=16, max_auto_in_flight=room)
+    server = Throttler(limit, window_s, phase_s=1000.3, reset="fraction")
     async with clock.running():
-        # A window that opened before the run, then two whole ones; in each, the
-        # first answer comes 0.1 s in, with the budget refilled, and a later one.
-        limiter.observe(200, window_headers(limit, 1, 0.3))
-        for window in range(2):
-            await clock.sleep(1000.4 + window_s * window - clock())
-            limiter.observe(200, window_headers(limit, limit - 1, window_s - 0.1))
-            await clock.sleep(0.1)
-            limiter.observe(200, window_headers(limit, limit // 2, window_s - 0.2))
-            if window == 0:
-                assert limiter.max_in_flight == 4  # one length seen: not yet
-        await send_times(limiter, clock, 12, hold=0.5)
+        outcome = await drive(limiter, server, clock, 5 * limit)
     assert limiter.max_in_flight == expected
-    assert limiter.stats.max_in_flight == expected
+    assert outcome.refused == 0
 
 
 def _epoch(clock: FakeClock, seconds: float) -> str:

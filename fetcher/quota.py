@@ -1,0 +1,442 @@
+"""The server's rate-limit window, learned from what its answers say.
+
+A throttling server counts requests in windows and says, on each answer, how
+many are left (``x-ratelimit-remaining``) and when the window ends
+(``x-ratelimit-reset``). Read naively, both mislead:
+
+- **Coarse resets.** NestJS's throttler and most Express limiters send the
+  reset as whole seconds left, rounded up: on a 1 s window it always reads
+  ``1``. A reset of ``r`` whole seconds only says the window ends somewhere in
+  ``(t + r - 1, t + r]``. Waiting "for the reset" waits up to a whole extra
+  window.
+- **Latency.** The server decides at some moment between the request's send
+  and its answer. Read against the answer's arrival, every figure is late.
+
+So :class:`Quota` works in **send time**: the moment a request must be *sent*
+to be counted in the next window. If the server decides each request a
+roughly constant time after it is sent, a relative reset of ``r`` read on a
+request sent at ``s`` puts the next window's first send at ``s + r`` (whole
+seconds: in ``(s + r - 1, s + r]``), whatever the latency. Epoch resets give
+the end on the server's clock; the decision offset (up to the round trip) is
+then unknown, so the end lies in ``(E - rtt, E]``.
+
+What is learned, and how:
+
+- **The current window's end**, as an interval ``(end_lo, end_hi]``: the
+  intersection of every reset read in the window; a request counted in the
+  window moves ``end_lo`` past its send; the window's start plus the learned
+  length bounds it too.
+- **Window starts**: a request whose ``remaining`` is at least what the
+  server had last said when it was sent (it counts itself, so within one
+  window it would be lower) was counted in a newer window: a window began
+  between the two requests' sends. Those moments, not the coarse resets, say
+  where windows really end.
+- **The window's length**, from the starts of windows in a row.
+- **Other clients**: requests the server counted that were not ours show up
+  as a smaller ``remaining``; :attr:`Quota.shared` says so (the limiter then
+  spreads its sends over the window instead of bursting).
+
+The class is pure bookkeeping: no clock of its own, no sleeping, no I/O; the
+:class:`~fetcher.limits.Limiter` drives it and the tests feed it by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import math
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["PRECISION_S", "Quota", "ResetReading", "Ticket", "read_reset"]
+
+#: A window end known to within this many seconds is taken as exact: a refusal's
+#: pause may end there rather than at a rounded-up ``Retry-After``.
+PRECISION_S: Final = 0.03
+
+#: Reset values below this are "seconds from now"; above, epoch seconds.
+_EPOCH_THRESHOLD: Final = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ResetReading:
+    """One ``x-ratelimit-reset`` value, read.
+
+    Attributes:
+        seconds: seconds from the moment it was read until the window ends
+            (may be <= 0).
+        absolute: the value named a moment (epoch, date), not a span.
+        granularity: how far it may have been rounded up: 1.0 for whole
+            seconds, 0.0 for values with a fraction.
+    """
+
+    seconds: float
+    absolute: bool
+    granularity: float
+
+
+def read_reset(value: str, *, now_wall: float) -> ResetReading | None:  # noqa: PLR0911  (one per format)
+    """Read an ``x-ratelimit-reset``: delta seconds, epoch (s or ms), an HTTP or ISO date.
+
+    Returns:
+        The reading, or ``None`` when the value cannot be understood.
+    """
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            return None
+        whole = 1.0 if number.is_integer() and not any(c in text for c in ".eE") else 0.0
+        if number >= _EPOCH_THRESHOLD * 1000:  # epoch milliseconds
+            return ResetReading(number / 1000 - now_wall, absolute=True, granularity=0.0)
+        if number >= _EPOCH_THRESHOLD:
+            return ResetReading(number - now_wall, absolute=True, granularity=whole)
+        return ResetReading(number, absolute=False, granularity=whole)
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is not None:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return ResetReading(parsed.timestamp() - now_wall, absolute=True, granularity=1.0)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return ResetReading(
+        when.timestamp() - now_wall,
+        absolute=True,
+        granularity=0.0 if when.microsecond else 1.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request's turn: when it was sent and what was known then.
+
+    Attributes:
+        seq: its place in the order of sends (1, 2, ...).
+        sent_at: monotonic send time.
+        window: the number of the window it was sent in, as the quota knew it.
+        said_remaining: the lowest ``remaining`` the server had reported for
+            that window when it was sent (``None``: nothing reported yet).
+    """
+
+    seq: int
+    sent_at: float
+    window: int = 0
+    said_remaining: int | None = None
+
+
+@dataclass(slots=True)
+class _Span:
+    """An interval ``(lo, hi]`` of send times."""
+
+    lo: float
+    hi: float
+
+    @property
+    def width(self) -> float:
+        return self.hi - self.lo
+
+
+class Quota:
+    """The server's window: what is left, when it ends, how long windows are.
+
+    Call :meth:`sent` for each request let go (it returns the request's
+    :class:`Ticket`), :meth:`observe` with what each answer said, and
+    :meth:`roll` when the window's end has passed. :meth:`budget` is what
+    may still be sent in the current window, :meth:`next_open` when the next
+    one opens.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.window = 0
+        self.headers_seen = False
+        #: Whether a new window brings a whole fresh quota (a fixed window).
+        #: Cleared when a window we opened on that belief refused us early.
+        self.refills = True
+        self._sent_seq = 0
+        self._open_seq = 0  # requests with seq > this were sent in the current window
+        self._remaining: int | None = None  # the lowest remaining the server said
+        self._said: int | None = None  # the same, but only from the server's mouth
+        self._ref_seq = 0  # the latest send that _remaining accounts for
+        self._ref_sent_at = -math.inf
+        self._assumed = False  # _remaining is an assumed fresh quota, not a report
+        self._start: _Span | None = None  # the current window's first send time
+        self._prev_start: _Span | None = None
+        self._end_lo = -math.inf
+        self._end_hi: float | None = None
+        self.period: _Span | None = None  # the window's length
+        self._confirmed = False  # an answer was counted in the current window
+        self._others = 0
+        self._prev_others = 0
+        self._adopted = 0  # ours, sent before the window opened as we knew it, counted in it
+        self.rtt = 0.0
+
+    # -- what the limiter asks -----------------------------------------------
+
+    @property
+    def end(self) -> tuple[float, float | None]:
+        """The current window's end, ``(lo, hi)``: it is after ``lo`` and at or before ``hi``."""
+        return self._end_lo, self._end_hi
+
+    @property
+    def shared(self) -> bool:
+        """Another client spends the same budget (seen in this window or the last)."""
+        return self._others > 0 or self._prev_others > 0
+
+    @property
+    def precise(self) -> bool:
+        """The current window's end is known to within :data:`PRECISION_S`."""
+        return self._end_hi is not None and self._end_hi - self._end_lo <= PRECISION_S
+
+    def budget(self) -> int | None:
+        """Requests that may still go in the current window (``None``: not known)."""
+        if self._remaining is None:
+            return None
+        left = self._remaining - (self._sent_seq - self._ref_seq)
+        if self.limit is not None:
+            # Never more of ours in one window than the limit less the others'
+            # (servers that count on answer say `remaining` without what is in flight).
+            left = min(left, self.limit - self._others - self._ours())
+        return left
+
+    def next_open(self) -> float | None:
+        """When the next window surely opens (send time), if known."""
+        return self._end_hi
+
+    # -- what the limiter tells ----------------------------------------------
+
+    def sent(self, now: float) -> Ticket:
+        """Count one request let go now; its ticket goes back with its answer to :meth:`observe`."""
+        self._sent_seq += 1
+        said = None if self._assumed else self._said
+        return Ticket(self._sent_seq, now, self.window, said)
+
+    def seen(self, now: float, *, in_flight: int) -> Ticket:
+        """A ticket for an answer whose request was not let go through :meth:`sent`.
+
+        It is taken as sent now, before the ``in_flight`` requests still out.
+        """
+        return Ticket(self._sent_seq - in_flight, now, self.window, self._said)
+
+    def roll(self, now: float) -> None:
+        """The current window's end has passed: the next one opens with a fresh quota.
+
+        Its end is the start plus the learned length, when that is known;
+        otherwise the next answer's reset says. After a window opened on that
+        belief refused us early (a sliding window, or a server that refills
+        slowly) the quota is left unknown until an answer says.
+        """
+        assert self._end_hi is not None
+        start = _Span(self._end_lo, self._end_hi)
+        if start.lo == -math.inf:
+            start.lo = start.hi - (self.period.hi if self.period else 1.0)
+        self._begin(start, open_seq=self._sent_seq)
+        if self.refills and self.limit is not None:
+            self._remaining, self._assumed = self.limit, True
+        else:
+            self._remaining = None
+        self._ref_seq = self._sent_seq
+        if self._end_hi is None and self._longest_reset > 0:
+            # No length learned yet: a window is at least as long as the longest
+            # time-to-reset seen. Only a guess, until the next reset read says:
+            # too early an end is refused and taught; too late would waste a window.
+            self._end_hi = start.hi + self._longest_reset
+            self._guessed = True
+        del now
+
+    def observe(
+        self,
+        ticket: Ticket,
+        *,
+        now: float,
+        remaining: int | None,
+        limit: int | None,
+        reset: ResetReading | None,
+        refused: bool = False,
+    ) -> None:
+        """Learn from one answer to the request of ``ticket``."""
+        self.rtt = (
+            now - ticket.sent_at if self.rtt == 0 else 0.9 * self.rtt + 0.1 * (now - ticket.sent_at)
+        )
+        if limit is not None and limit > 0:
+            self.limit = limit
+        if remaining is None:
+            return
+        self.headers_seen = True
+        span = self._reset_span(ticket, now, reset)
+        newer = (
+            not refused and ticket.said_remaining is not None and remaining >= ticket.said_remaining
+        )
+        if ticket.window == self.window and newer:
+            # A window began between the send that last reported and this one's.
+            start = _Span(max(self._ref_sent_at, self._end_lo), ticket.sent_at)
+            self._begin(start, open_seq=ticket.seq - 1)
+            self._confirm()
+            self._take_report(ticket, remaining, now)
+            self._narrow(span)
+        elif ticket.window == self.window:
+            self._counted_here(ticket, remaining, span, now, refused=refused)
+        elif ticket.window < self.window and newer:
+            # Sent before we opened this window, counted in it: it opened earlier.
+            self._tighten_start(hi=ticket.sent_at)
+            self._adopted += 1
+            self._remaining = (
+                remaining if self._remaining is None else min(self._remaining, remaining)
+            )
+            self._narrow(span)
+        elif ticket.window == self.window - 1:
+            # Counted in the window it was sent in: the current one began after it.
+            self._tighten_start(lo=ticket.sent_at)
+
+    # -- internals ------------------------------------------------------------
+
+    def _counted_here(
+        self,
+        ticket: Ticket,
+        remaining: int,
+        span: _Span | None,
+        now: float,
+        *,
+        refused: bool,
+    ) -> None:
+        """An answer to a request sent in the current window, and counted in it."""
+        self._end_lo = max(self._end_lo, ticket.sent_at)
+        if refused and not self._confirmed and self._narrowed_by(span):
+            # Refused by the window we thought had ended: we opened this one
+            # too early. It is no window start to learn the length from.
+            # Twice in a row, and windows do not refill at their end (a
+            # sliding window): quotas are then taken only from answers.
+            self._start = None
+            self._early += 1
+            if self._early >= 2:
+                self.refills = False
+        elif refused and self._assumed and self.limit is not None:
+            ours = self._sent_seq - self._open_seq
+            if ours < self.limit - self._prev_others:
+                # Refused early in a window we opened expecting a full quota.
+                self.refills = False
+        if not refused:
+            self._confirm()
+            self._early = 0
+        self._take_report(ticket, 0 if refused else remaining, now, refused=refused)
+        self._narrow(span)
+
+    _guessed = False  # the current end is a guess, not a reading
+    _early = 0  # windows in a row we opened too early
+    _longest_reset = 0.0
+
+    def _reset_span(self, ticket: Ticket, now: float, reset: ResetReading | None) -> _Span | None:
+        if reset is None:
+            return None
+        self._longest_reset = max(self._longest_reset, reset.seconds - reset.granularity)
+        if reset.absolute:
+            # The server's moment; it decided up to a round trip after the send.
+            end = now + reset.seconds
+            return _Span(end - (now - ticket.sent_at) - reset.granularity, end)
+        end = ticket.sent_at + max(reset.seconds, 0.0)
+        return _Span(end - reset.granularity, end)
+
+    def _narrowed_by(self, span: _Span | None) -> bool:
+        """Whether ``span`` puts the window's end before the current interval (an old window)."""
+        return span is not None and self._end_hi is not None and span.hi < self._end_lo
+
+    def _take_report(
+        self, ticket: Ticket, remaining: int, now: float, *, refused: bool = False
+    ) -> None:
+        if self._remaining is None or self._assumed or remaining <= self._remaining:
+            self._remaining = remaining
+        self._said = remaining if self._said is None else min(self._said, remaining)
+        self._assumed = False
+        if ticket.seq > self._ref_seq or self._ref_seq == self._open_seq:
+            self._ref_seq = max(self._ref_seq, ticket.seq)
+            self._ref_sent_at = max(self._ref_sent_at, ticket.sent_at)
+        if self.limit is not None and self.window > 0 and not refused:
+            # Counted before this answer, less every request of ours sent in the
+            # window by now: the rest were someone else's. Not in the first window
+            # (it may have been spent before the run), nor from a refusal's zero.
+            self._others = max(self._others, self.limit - remaining - self._ours())
+        del now
+
+    def _ours(self) -> int:
+        """Requests of ours sent so far that the current window may have counted."""
+        return self._sent_seq - self._open_seq + self._adopted
+
+    def _narrow(self, span: _Span | None) -> None:
+        if span is None:
+            return
+        if self._guessed:
+            self._end_hi, self._guessed = None, False
+        lo = max(self._end_lo, span.lo)
+        hi = span.hi if self._end_hi is None else min(self._end_hi, span.hi)
+        if lo > hi:
+            # The readings disagree (jitter, or a window we misplaced): the latest wins.
+            lo, hi = span.lo, span.hi
+        self._end_lo, self._end_hi = lo, hi
+
+    def _begin(self, start: _Span, *, open_seq: int) -> None:
+        """A new window: its first send time, its quota unknown, its end projected."""
+        if self._start is not None and self._confirmed:
+            self._prev_start = self._start
+        self.window += 1
+        start.lo = min(start.lo, start.hi)
+        self._start = start
+        self._confirmed = False
+        self._open_seq = open_seq
+        self._remaining = None
+        self._said = None
+        self._assumed = False
+        self._prev_others, self._others = self._others, 0
+        self._end_lo, self._end_hi = start.hi, None
+        self._guessed = False
+        self._adopted = 0
+        self._project()
+
+    def _confirm(self) -> None:
+        """An answer counted in the current window: it is real, and its start teaches the length."""
+        if self._confirmed:
+            return
+        self._confirmed = True
+        self._learn_period()
+
+    def _learn_period(self) -> None:
+        earlier, later = self._prev_start, self._start
+        if earlier is None or later is None or not self._confirmed:
+            return
+        sample = _Span(max(later.lo - earlier.hi, 0.0), later.hi - earlier.lo)
+        if sample.hi < self._longest_reset:
+            # Shorter than a time-to-reset seen: no window, but `remaining`
+            # rising as a sliding window frees slots. Nothing to learn.
+            return
+        if self.period is None:
+            self.period = sample
+            return
+        lo, hi = max(self.period.lo, sample.lo), min(self.period.hi, sample.hi)
+        # Disagreeing samples (a skipped window, a changed limit): start again from this one.
+        self.period = _Span(lo, hi) if lo <= hi else sample
+
+    def _project(self) -> None:
+        if self._start is None or self.period is None:
+            return
+        self._narrow(_Span(self._start.lo + self.period.lo, self._start.hi + self.period.hi))
+
+    def _tighten_start(self, *, lo: float | None = None, hi: float | None = None) -> None:
+        start = self._start
+        if start is None:
+            return
+        new_lo = start.lo if lo is None else max(start.lo, lo)
+        new_hi = start.hi if hi is None else min(start.hi, hi)
+        if new_lo > new_hi:
+            return
+        self._start = _Span(new_lo, new_hi)
+        self._learn_period()
+        self._project()
