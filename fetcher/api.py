@@ -168,6 +168,7 @@ async def open_api(
                     records_path=settings.records_path, user_id_field=settings.user_id_field
                 ),
                 transport=transport or sender,
+                shared_limiter=settings.shared_limiter,
             )
         )
         yield ApiSession(client, transport, base_url)

@@ -157,6 +157,12 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="pages fetched at once (16; with a fast --rate-limit, one second of it, at most 64)",
     )
     fetch.add_argument("--rate-limit", help="request ceiling, e.g. 30/min or 10/s (none)")
+    fetch.add_argument(
+        "--shared-limiter",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share one rate-limit budget with every process on this "
+        "key and host (none)",
+    )
     fetch.add_argument("--timeout", type=float, help="seconds per request (30)")
     fetch.add_argument("--max-attempts", type=int, help="tries per page, retries included (6)")
     fetch.add_argument("--max-pages", type=int, help="most pages one query may have (10000)")

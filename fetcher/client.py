@@ -46,6 +46,7 @@ from fetcher.errors import (
 from fetcher.limits import Limiter, Rate, one_second_of
 from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_team_members
 from fetcher.retry import RetryPolicy, parse_retry_after
+from fetcher.shared_limit import SharedWindow, shared_key
 from fetcher.spec import QuerySpec
 from fetcher.timeouts import AdaptiveTimeout
 from fetcher.transport import (
@@ -139,6 +140,9 @@ class Client:
         ca_bundle: a CA certificate file to trust (a private CA); certificates
             are always verified.
         max_body_bytes: a larger response body is refused, not buffered.
+        shared_limiter: ``redis://HOST:PORT/DB``: share one window budget with
+            every process using this key against this host (see
+            :mod:`fetcher.shared_limit`); Redis must be reachable on entry.
 
     Raises:
         ConfigError: for a missing key or a malformed setting.
@@ -158,6 +162,7 @@ class Client:
         limiter: Limiter | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        shared_limiter: str | None = None,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         if not key or not key.strip():
@@ -182,11 +187,17 @@ class Client:
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
         self.shape = shape or ResponseShape()
+        shared = (
+            None
+            if shared_limiter is None
+            else SharedWindow(shared_limiter, shared_key(key.strip(), self.base_url))
+        )
         self.limiter = limiter or Limiter(
             rate=rate_limit,
             max_in_flight=concurrency,
             max_auto_in_flight=2 * concurrency if auto else None,
             max_pause_s=self.retry.max_retry_after_s,
+            shared=shared,
         )
         self.timeouts = AdaptiveTimeout(timeout)
         self._transport: Transport = transport or AiohttpTransport.for_client(
@@ -202,6 +213,8 @@ class Client:
         return f"Client(base_url={self.base_url!r}, concurrency={self.concurrency})"
 
     async def __aenter__(self) -> Self:
+        if self.limiter.shared is not None:
+            await self.limiter.shared.connect()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         return self
@@ -217,6 +230,7 @@ class Client:
                 await task_group.__aexit__(None, None, None)
         finally:
             await self._transport.aclose()
+            await self.limiter.aclose()
 
     # -- one page ---------------------------------------------------------
 

@@ -49,12 +49,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import structlog
 
 from fetcher.quota import Quota, Ticket, read_reset
+
+if TYPE_CHECKING:
+    from fetcher.shared_limit import SharedWindow
 
 __all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "one_second_of", "parse_reset"]
 
@@ -212,6 +215,8 @@ class Limiter:
         clock: monotonic seconds (injectable for tests).
         wall_clock: epoch seconds, to read epoch reset headers (injectable).
         sleep: the async sleep (injectable for tests).
+        shared: a budget shared with other processes on the same key (Redis);
+            each request also takes its turn there.
     """
 
     def __init__(
@@ -228,6 +233,7 @@ class Limiter:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         sleep: Sleep = anyio.sleep,
+        shared: SharedWindow | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -243,6 +249,7 @@ class Limiter:
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
+        self.shared = shared
         self._slots = anyio.Semaphore(max_in_flight)
         self._in_flight = 0
         self._last_send = -math.inf
@@ -357,6 +364,8 @@ class Limiter:
             pause = self._default_pause
         pause = min(pause, self._max_pause)
         self._paused_until = max(self._paused_until, now + pause + self._margin)
+        if self.shared is not None:
+            self.shared.pause(pause + self._margin)
         if self.adaptive and not self.quota.headers_seen:
             self._slow_down(now, pause)
         self._wake()
@@ -422,6 +431,12 @@ class Limiter:
             reset=reset,
             refused=refused,
         )
+        if self.shared is not None:
+            if self.quota.window != before:
+                self.shared.new_window()
+            remaining = header_int(headers, "x-ratelimit-remaining")
+            if remaining is not None and not refused:
+                self.shared.saw(remaining)
         if self.quota.window != before:
             lo, hi = self.quota.end
             _log.debug(
@@ -472,7 +487,7 @@ class Limiter:
                 return None  # an answer will say more
             # Spent, its end unknown, nothing out to tell: after a pause, one goes to ask.
             return self._last_send + self._default_pause - now
-        if quota.shared and opens is not None:
+        if quota.shared and opens is not None and self.shared is None:
             # Another client spends this budget too: spread ours over what is left
             # of the window, rather than take it all at once and leave it none.
             spread = (opens - now) / budget
@@ -495,6 +510,8 @@ class Limiter:
                     # The oldest of the last n sends must be a whole span ago.
                     next_at = max(next_at, self._sent[0] + self._window_s + self._margin)
                 delay = next_at - now
+            if delay is not None and delay <= 0 and self.shared is not None:
+                delay = await self._shared_turn(now)
             if delay is not None and delay <= 0:
                 break
             waited = True
@@ -505,6 +522,24 @@ class Limiter:
         self._last_send = self._clock()
         if self._window_n:
             self._sent.append(self._last_send)
+
+    async def _shared_turn(self, now: float) -> float:
+        """Take this request's turn from the shared budget: 0, or how long to wait first."""
+        assert self.shared is not None
+        quota = self.quota
+        opens = quota.next_open()
+        period = quota.period.hi if quota.period is not None else self._default_pause
+        grant = await self.shared.take(
+            limit=quota.limit,
+            ends_in_s=None if opens is None else opens + self._margin - now,
+            period_s=period,
+        )
+        return 0.0 if grant.granted else max(grant.wait_s, 0.001)
+
+    async def aclose(self) -> None:
+        """Let go of the shared budget's connection, if there is one."""
+        if self.shared is not None:
+            await self.shared.aclose()
 
     async def _wait(self, delay: float | None) -> None:
         """Sleep ``delay`` seconds, at most :data:`_RECHECK_S` at a time; ``None``: until an answer.

@@ -159,6 +159,7 @@ class ExportSettings(BaseSettings):
     # How to fetch
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=256)
     rate_limit: str | None = None
+    shared_limiter: str | None = None
     timeout: float = Field(default=30.0, gt=0, le=3600)
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_pages: int = Field(default=10_000, ge=1)
@@ -215,6 +216,13 @@ class ExportSettings(BaseSettings):
     def _readable_rate(cls, value: str | None) -> str | None:
         if value is not None:
             Rate.parse(value)
+        return value
+
+    @field_validator("shared_limiter")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("not a Redis URL; write redis://HOST:PORT/DB (or rediss:// for TLS)")
         return value
 
     @field_validator("base_url")
