@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fetcher.simulator import build_team
 
 KEY = "sim-key"
@@ -45,10 +47,12 @@ class Simulator:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, events: bool = False) -> dict[str, Any]:
+        """The server's counters (``GET /_simulator/stats``); ``events``: every request too."""
         import urllib.request  # noqa: PLC0415
 
-        with urllib.request.urlopen(self.base_url + "/_simulator/stats", timeout=10) as response:
+        url = self.base_url + "/_simulator/stats" + ("?events=1" if events else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -284,3 +288,15 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 def emit_json(name: str, results: dict[str, Any]) -> None:
     """One machine-readable line: ``BENCH {...}``."""
     print("BENCH " + json.dumps({"benchmark": name, "machine": machine(), **results}))
+
+
+def jsonl_counts(path: Path) -> tuple[int, int]:
+    """Lines in a JSONL output, and distinct (user, window) among them."""
+    lines = 0
+    keys: set[tuple[Any, Any]] = set()
+    with path.open("rb") as file:
+        for line in file:
+            record = orjson.loads(line)
+            keys.add((record.get("userId"), record.get("_window_start")))
+            lines += 1
+    return lines, len(keys)

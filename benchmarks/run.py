@@ -1,6 +1,6 @@
 """Every benchmark of the project in one command, each scenario on its own simulator.
 
-    python -m benchmarks.run [--scenario a,b,c,d] [--quick] [--profile]
+    python -m benchmarks.run [--scenario a,b,...,i] [--quick] [--profile] [--fetcher-root PATH]
 
 Each scenario starts ``python -m fetcher.simulator`` on a free local port and
 runs its contenders one after another against that same server and dataset,
@@ -26,6 +26,12 @@ fast but wrong contender cannot win.
 (d) scale: 10,000 users, page size 10, one and twenty daily slices (1,000 and
     20,000 pages) to JSONL and to DuckDB; peak RSS of each. Targets: under
     150 MB, and at most 20% more at 20,000 pages than at 1,000.
+(e)-(i) rate limits in the wild (issue 14): whole-second resets and windows
+    aligned at a phase, at 40 per 1 s (e) and 20 per 2 s (f); two processes on
+    one key (g), with a shared limiter (h); a foreign client on the key (i).
+    See :mod:`benchmarks.bench_limits`. ``--fetcher-root PATH`` runs them with
+    the fetcher of another tree (an older commit's worktree) against this
+    tree's simulator.
 
 ``--quick`` runs small versions of every scenario (a smoke test; the targets
 are shown but mean nothing at that size). The dlt contender is skipped when
@@ -45,8 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
+from benchmarks import bench_limits
 from benchmarks._harness import (
     KEY,
     Measured,
@@ -61,6 +66,10 @@ from benchmarks._harness import (
     simulator,
     verdict,
 )
+
+# An explicit re-export (mypy --strict): it moved to the harness, tests import it from here.
+from benchmarks._harness import jsonl_counts as jsonl_counts  # noqa: PLC0414
+from benchmarks._limits import FetcherUnderTest
 from benchmarks.contenders import write_workload
 from fetcher.settings import ExportSettings
 from fetcher.spec import QuerySpec
@@ -202,18 +211,6 @@ class Run:
             "requests": self.requests,
             "refused_429": self.refused,
         } | self.extra
-
-
-def jsonl_counts(path: Path) -> tuple[int, int]:
-    """Lines in a JSONL output, and distinct (user, window) among them."""
-    lines = 0
-    keys: set[tuple[Any, Any]] = set()
-    with path.open("rb") as file:
-        for line in file:
-            record = orjson.loads(line)
-            keys.add((record.get("userId"), record.get("_window_start")))
-            lines += 1
-    return lines, len(keys)
 
 
 def duckdb_counts(path: Path) -> tuple[int, int]:
@@ -529,27 +526,49 @@ SCENARIOS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
     "b": scenario_b,
     "c": scenario_c,
     "d": scenario_d,
+    # Rate limits in the wild (issue 14): see benchmarks.bench_limits.
+    **bench_limits.SCENARIOS,
 }
+#: The scenarios that can run another tree's fetcher (``--fetcher-root``).
+ROOTED: Final = frozenset(bench_limits.SCENARIOS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the chosen scenarios; print a table and a ``BENCH {json}`` line for each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", default="a,b,c,d", help="comma-separated: a,b,c,d")
+    parser.add_argument(
+        "--scenario", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--profile", action="store_true", help="profile scenario (c)")
+    parser.add_argument(
+        "--fetcher-root",
+        type=Path,
+        metavar="PATH",
+        help="(e)-(i): run the fetcher of the tree at PATH (PYTHONPATH=PATH) against this "
+        "tree's simulator, e.g. a git worktree of an older commit",
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenario {unknown[0]!r}; choose from a, b, c, d")
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    if args.fetcher_root is not None:
+        if not (args.fetcher_root / "fetcher" / "__init__.py").is_file():
+            parser.error(f"--fetcher-root {args.fetcher_root}: no fetcher/__init__.py there")
+        if unrooted := [s for s in chosen if s not in ROOTED]:
+            parser.error(f"--fetcher-root applies to (e)-(i), not to ({unrooted[0]})")
+    fetcher_under_test = FetcherUnderTest(args.fetcher_root)
     sizes = QUICK if args.quick else FULL
     info = machine()
     print(f"machine: {info['cpus']} CPUs ({info['cpu_model']}), Python {info['python']}, "
           f"{info['platform']}{'; quick sizes' if args.quick else ''}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fetcher-bench-") as tmp:
         for name in chosen:
-            results = SCENARIOS[name](sizes, Path(tmp) / name, profile=args.profile)
+            results = SCENARIOS[name](
+                sizes, Path(tmp) / name,
+                profile=args.profile, quick=args.quick, fetcher=fetcher_under_test,
+            )  # fmt: skip
             emit_json(f"scenario_{name}", {"quick": args.quick, **results})
 
 

@@ -43,6 +43,7 @@ all of this is tested on a fake clock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import time
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from fetcher.quota import Quota, Ticket, read_reset
+from fetcher.quota import Quota, Ticket, latest_end, read_reset
 
 if TYPE_CHECKING:
     from fetcher.shared_limit import SharedWindow
@@ -250,6 +251,10 @@ class Limiter:
         self._wall = wall_clock
         self._sleep = sleep
         self.shared = shared
+        self._granted_window = 0  # the shared window the last turn was granted in
+        # Our window number -> the shared window its first request was granted in.
+        self._shared_at_open: dict[int, int] = {}
+        self._answered = False
         self._slots = anyio.Semaphore(max_in_flight)
         self._in_flight = 0
         self._last_send = -math.inf
@@ -305,6 +310,9 @@ class Limiter:
         async with self._slots:
             await self._wait_turn()
             ticket = self.quota.sent(self._clock())
+            if self._granted_window:
+                ticket = dataclasses.replace(ticket, shared_window=self._granted_window)
+                self._shared_at_open.setdefault(ticket.window, self._granted_window)
             self._in_flight += 1
             self.stats.requests += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
@@ -324,6 +332,7 @@ class Limiter:
             headers: its headers.
             ticket: the request's ticket from :meth:`slot` (``None``: as if sent now).
         """
+        self._answered = True
         if not self.adaptive:
             return
         before = self._state()
@@ -352,6 +361,7 @@ class Limiter:
             ticket: the refused request's ticket from :meth:`slot`.
         """
         self.stats.refusals += 1
+        self._answered = True
         now = self._clock()
         if self.adaptive and headers is not None:
             self._read_window(headers, ticket, refused=True)
@@ -432,11 +442,19 @@ class Limiter:
             refused=refused,
         )
         if self.shared is not None:
-            if self.quota.window != before:
-                self.shared.new_window()
+            # What this answer says of the shared window its request was granted in.
             remaining = header_int(headers, "x-ratelimit-remaining")
-            if remaining is not None and not refused:
-                self.shared.saw(remaining)
+            self.shared.saw(
+                ticket.shared_window,
+                remaining=0 if refused else remaining,
+                ends_at=None if reset is None else latest_end(ticket, now, reset) + self._margin,
+                # Later than the shared window it was granted in: only if that shared
+                # window was ours too when our window began (else ours was behind).
+                later=self.quota.counted_later
+                and self._shared_at_open.get(ticket.window) == ticket.shared_window,
+            )
+            for old in [w for w in self._shared_at_open if w < self.quota.window - 2]:
+                del self._shared_at_open[old]
         if self.quota.window != before:
             lo, hi = self.quota.end
             _log.debug(
@@ -527,19 +545,18 @@ class Limiter:
         """Take this request's turn from the shared budget: 0, or how long to wait first."""
         assert self.shared is not None
         quota = self.quota
-        opens = quota.next_open()
+        limit = quota.limit
+        if limit is None and self._answered:
+            limit = -1  # answers came, none said a limit: nothing to share but pauses
         period = quota.period.hi if quota.period is not None else self._default_pause
-        grant = await self.shared.take(
-            limit=quota.limit,
-            ends_in_s=None if opens is None else opens + self._margin - now,
-            period_s=period,
-        )
+        grant = await self.shared.take(limit=limit, fallback_s=period, now=now, rtt_s=quota.rtt)
+        self._granted_window = grant.window
         return 0.0 if grant.granted else max(grant.wait_s, 0.001)
 
     async def aclose(self) -> None:
         """Let go of the shared budget's connection, if there is one."""
         if self.shared is not None:
-            await self.shared.aclose()
+            await self.shared.aclose(now=self._clock())
 
     async def _wait(self, delay: float | None) -> None:
         """Sleep ``delay`` seconds, at most :data:`_RECHECK_S` at a time; ``None``: until an answer.

@@ -48,7 +48,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["PRECISION_S", "Quota", "ResetReading", "Ticket", "read_reset"]
+__all__ = ["PRECISION_S", "Quota", "ResetReading", "Ticket", "latest_end", "read_reset"]
 
 #: A window end known to within this many seconds is taken as exact: a refusal's
 #: pause may end there rather than at a rounded-up ``Retry-After``.
@@ -126,12 +126,27 @@ class Ticket:
         window: the number of the window it was sent in, as the quota knew it.
         said_remaining: the lowest ``remaining`` the server had reported for
             that window when it was sent (``None``: nothing reported yet).
+        shared_window: the window of the budget shared with other processes
+            it was granted in (0: none; see :mod:`fetcher.shared_limit`).
     """
 
     seq: int
     sent_at: float
     window: int = 0
     said_remaining: int | None = None
+    shared_window: int = 0
+
+
+def latest_end(ticket: Ticket, now: float, reset: ResetReading) -> float:
+    """The latest moment (send time) the window that answered ``ticket`` may end.
+
+    A relative reset counts from the server's decision, which came no sooner
+    than the send; an absolute one names the moment. A sure end, never a guess:
+    a request sent after it is counted in a newer window.
+    """
+    if reset.absolute:
+        return now + reset.seconds
+    return ticket.sent_at + max(reset.seconds, 0.0)
 
 
 @dataclass(slots=True)
@@ -180,6 +195,9 @@ class Quota:
         self._prev_others = 0
         self._adopted = 0  # ours, sent before the window opened as we knew it, counted in it
         self.rtt = 0.0
+        #: The last answer was counted in a later window than the one its request
+        #: was sent in, as this quota knew them (it was in flight when one began).
+        self.counted_later = False
 
     # -- what the limiter asks -----------------------------------------------
 
@@ -197,6 +215,11 @@ class Quota:
     def precise(self) -> bool:
         """The current window's end is known to within :data:`PRECISION_S`."""
         return self._end_hi is not None and self._end_hi - self._end_lo <= PRECISION_S
+
+    @property
+    def sure_end(self) -> float | None:
+        """The latest moment the current window may end, from readings (never a guess)."""
+        return None if self._guessed else self._end_hi
 
     def budget(self) -> int | None:
         """Requests that may still go in the current window (``None``: not known)."""
@@ -273,6 +296,7 @@ class Quota:
         if remaining is None:
             return
         self.headers_seen = True
+        self.counted_later = False
         span = self._reset_span(ticket, now, reset)
         newer = (
             not refused and ticket.said_remaining is not None and remaining >= ticket.said_remaining
@@ -284,15 +308,25 @@ class Quota:
             self._confirm()
             self._take_report(ticket, remaining, now)
             self._narrow(span)
-        elif ticket.window == self.window:
+            self.counted_later = True
+        elif ticket.window == self.window or (
+            ticket.window == self.window - 1 and ticket.seq > self._open_seq
+        ):
+            # Sent in this window, or in flight when it began but decided after the
+            # first request it counted (the server decides in order): counted here.
             self._counted_here(ticket, remaining, span, now, refused=refused)
+            self.counted_later = ticket.window < self.window
         elif ticket.window < self.window and newer:
             # Sent before we opened this window, counted in it: it opened earlier.
+            self.counted_later = True
             self._tighten_start(hi=ticket.sent_at)
-            self._adopted += 1
-            self._remaining = (
-                remaining if self._remaining is None else min(self._remaining, remaining)
-            )
+            if ticket.seq <= self._open_seq:
+                self._adopted += 1  # not yet among the window's own (see _ours)
+            if self._remaining is None or self._assumed or remaining <= self._remaining:
+                # Its report counts it and every request decided before it.
+                self._remaining, self._assumed = remaining, False
+                self._ref_seq = max(self._ref_seq, ticket.seq)
+                self._ref_sent_at = max(self._ref_sent_at, ticket.sent_at)
             self._narrow(span)
         elif ticket.window == self.window - 1:
             # Counted in the window it was sent in: the current one began after it.
@@ -339,11 +373,10 @@ class Quota:
         if reset is None:
             return None
         self._longest_reset = max(self._longest_reset, reset.seconds - reset.granularity)
+        end = latest_end(ticket, now, reset)
         if reset.absolute:
             # The server's moment; it decided up to a round trip after the send.
-            end = now + reset.seconds
             return _Span(end - (now - ticket.sent_at) - reset.granularity, end)
-        end = ticket.sent_at + max(reset.seconds, 0.0)
         return _Span(end - reset.granularity, end)
 
     def _narrowed_by(self, span: _Span | None) -> bool:

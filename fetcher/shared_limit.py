@@ -30,7 +30,6 @@ says so once.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -49,45 +48,94 @@ _log = structlog.get_logger("fetcher.shared_limit")
 #: How long the shared state outlives the last process that touched it.
 _TTL_MS: Final = 3_600_000
 
-# KEYS[1]: the hash. ARGV: limit (0: the stored one), seconds to the caller's window
-# end (<= 0: unknown), a fallback window length, the lowest remaining the caller saw
-# since it last asked (-1: none), and a pause in seconds to impose (0: none).
-# Returns {granted 0/1, seconds to wait or to the window's end}.
+# KEYS[1]: the hash. ARGV:
+#  1 limit: > 0 the server's limit per window; 0 not known yet (nothing answered);
+#    -1 the server answered without advertising one (no budget to share).
+#  2 the window (its number in the hash) the caller's report is about; 0: no report.
+#  3 1 if the report gives the window's end, 0 if not; 4 seconds from now to that end
+#    (the latest moment the server's window may end: a sure end, never a guess).
+#  5 the lowest remaining the server said in that window (-1: none).
+#  6 a window length to assume while no one has reported the current window's end.
+#  7 a pause in seconds to impose on every process (0: none).
+#  8 how long the one request let go while the limit is unknown holds the others.
+#  9 1 to take a turn, 0 only to report.  10 TTL of the hash, ms.
+#  11 the caller's round trip, seconds: a request granted less than that before the
+#     window's end is answered after it, and servers that count a hit when they
+#     answer count it in the next window; it is charged to both.
+#  12 requests granted in the reported window that the server counted in a later
+#     one: charged to the window after the reported one.
+# Returns {granted 0/1, seconds to wait before asking again, the window number}.
 _TAKE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local h = redis.call('HMGET', KEYS[1], 'pause', 'end', 'used', 'limit')
+local h = redis.call('HMGET', KEYS[1], 'pause', 'end', 'used', 'limit', 'win', 'start', 'probe',
+  'next')
 local pause = tonumber(h[1]) or 0
 local wend = tonumber(h[2])
 local used = tonumber(h[3]) or 0
-local limit = tonumber(ARGV[1])
-if limit <= 0 then limit = tonumber(h[4]) or 0 end
-local ask = tonumber(ARGV[5])
-if ask > 0 and now + ask > pause then
-  pause = now + ask
-  redis.call('HSET', KEYS[1], 'pause', tostring(pause))
+local limit = tonumber(h[4]) or 0
+local win = tonumber(h[5]) or 0
+local start = tonumber(h[6]) or now
+local probe = tonumber(h[7]) or 0
+local nxt = tonumber(h[8]) or 0
+local fallback = tonumber(ARGV[6])
+if tonumber(ARGV[1]) ~= 0 then limit = tonumber(ARGV[1]) end
+if win > 0 and tonumber(ARGV[2]) == win then
+  if ARGV[3] == '1' then
+    local e = now + tonumber(ARGV[4])
+    if wend == nil or e < wend then wend = e end
+  end
+  local seen = tonumber(ARGV[5])
+  if seen >= 0 and limit > 0 and limit - seen > used then used = limit - seen end
+  nxt = nxt + tonumber(ARGV[12])
+elseif win > 1 and tonumber(ARGV[2]) == win - 1 then
+  used = used + tonumber(ARGV[12])
+end
+local ask = tonumber(ARGV[7])
+if ask > 0 and now + ask > pause then pause = now + ask end
+local function save()
+  redis.call('HSET', KEYS[1], 'pause', tostring(pause), 'used', used, 'limit', limit,
+    'win', win, 'start', tostring(start), 'probe', tostring(probe), 'next', nxt)
+  if wend == nil then redis.call('HDEL', KEYS[1], 'end')
+  else redis.call('HSET', KEYS[1], 'end', tostring(wend)) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+end
+-- A window ends at its sure end, or, when no one said where that is and its
+-- budget is spent, one assumed length after it began.
+if win == 0 or (wend ~= nil and now >= wend)
+   or (wend == nil and limit > 0 and used >= limit and now >= start + fallback) then
+  win = win + 1
+  if wend ~= nil and win > 1 then start = wend else start = now end
+  wend = nil
+  used = nxt
+  nxt = 0
+end
+if ARGV[9] ~= '1' then
+  save()
+  return {0, '0', win}
 end
 if now < pause then
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {0, tostring(pause - now)}
+  save()
+  return {0, tostring(pause - now), win}
 end
-if wend == nil or now >= wend then
-  local e = tonumber(ARGV[2])
-  if e <= 0 then e = tonumber(ARGV[3]) end
-  wend = now + e
-  used = 0
-end
-local seen = tonumber(ARGV[4])
-if seen >= 0 and limit > 0 and limit - seen > used then used = limit - seen end
-if limit > 0 and used >= limit then
-  redis.call('HSET', KEYS[1], 'end', tostring(wend), 'used', used, 'limit', limit)
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {0, tostring(wend - now)}
+if limit == 0 then
+  -- Nothing answered yet: one request goes to learn the limit, the others wait for it.
+  if now < probe then
+    save()
+    return {0, tostring(math.min(probe - now, 0.05)), win}
+  end
+  probe = now + tonumber(ARGV[8])
+elseif limit > 0 and used >= limit then
+  local wait = 0.05
+  if wend ~= nil then wait = wend - now
+  else wait = math.max(math.min(start + fallback - now, 0.05), 0.001) end
+  save()
+  return {0, tostring(wait), win}
 end
 used = used + 1
-redis.call('HSET', KEYS[1], 'end', tostring(wend), 'used', used, 'limit', limit)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {1, tostring(wend - now)}
+if wend ~= nil and now + tonumber(ARGV[11]) >= wend then nxt = nxt + 1 end
+save()
+return {1, '0', win}
 """
 
 
@@ -100,22 +148,51 @@ def shared_key(api_key: str, base_url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The shared budget's answer: go now, or wait ``wait_s`` and ask again."""
+    """The shared budget's answer: go now, or wait ``wait_s`` and ask again.
+
+    Attributes:
+        granted: the request may go.
+        wait_s: how long to wait before asking again, when not granted.
+        window: the shared window's number; an answer's report names it
+            (see :meth:`SharedWindow.saw`).
+    """
 
     granted: bool
     wait_s: float
+    window: int = 0
+
+
+@dataclass(slots=True)
+class _Report:
+    """What the answers to one shared window's requests said, not yet sent to Redis."""
+
+    window: int
+    remaining: int | None = None
+    ends_at: float | None = None  # the caller's clock: the latest the window may end
+    later: int = 0  # requests the server counted in a later window than this one
 
 
 class SharedWindow:
     """The shared budget of one key, in Redis.
 
+    Windows are numbered in Redis. A request granted in window ``k`` was sent
+    after window ``k - 1`` surely ended, so its answer describes window ``k``
+    (or a later one: then the end it reports is later than ``k``'s, which only
+    makes ``k`` last longer than it had to, never admits too many). A window's
+    end in Redis is the earliest sure end any process reported for it, never a
+    guess; until one is reported, the window's budget bounds it.
+
     Args:
         url: ``redis://HOST:PORT/DB`` or ``rediss://...``.
         key: the hash's name (:func:`shared_key`).
         client: a ready redis-py asyncio client (tests); built from ``url`` otherwise.
+        probe_s: while no answer has told any process the limit, one request
+            goes and the others wait for its answer, at most this long.
     """
 
-    def __init__(self, url: str, key: str, *, client: Redis | None = None) -> None:
+    def __init__(
+        self, url: str, key: str, *, client: Redis | None = None, probe_s: float = 10.0
+    ) -> None:
         if not url.startswith(("redis://", "rediss://")):
             raise ConfigError(
                 f"{url!r} is not a Redis URL; write redis://HOST:PORT/DB (or rediss:// for TLS)",
@@ -123,10 +200,11 @@ class SharedWindow:
             )
         self.url = url
         self.key = key
+        self.probe_s = probe_s
         self._client = client
         self._script: object = None
         self.failed = False
-        self._seen: int | None = None
+        self._report: _Report | None = None
         self._pause_s = 0.0
 
     @property
@@ -158,50 +236,92 @@ class SharedWindow:
             ) from None
         self._script = self._client.register_script(_TAKE)
 
-    async def aclose(self) -> None:
-        """Close the connection."""
+    async def aclose(self, *, now: float | None = None) -> None:
+        """Send what is left to report (other processes may be waiting on it), then close."""
+        if self._report is not None and now is not None:
+            await self._call(limit=None, fallback_s=1.0, now=now, take=False)
         if self._client is not None:
             await self._client.aclose()
 
-    def saw(self, remaining: int) -> None:
-        """Remember a ``remaining`` seen; it goes to Redis with the next :meth:`take`."""
-        self._seen = remaining if self._seen is None else min(self._seen, remaining)
+    def saw(
+        self, window: int, *, remaining: int | None, ends_at: float | None, later: bool = False
+    ) -> None:
+        """Remember what an answer said of shared window ``window``; sent with the next call.
+
+        Args:
+            window: the :attr:`Grant.window` its request was granted in.
+            remaining: the ``x-ratelimit-remaining`` it carried.
+            ends_at: the latest moment (the caller's clock) the server's window may
+                end, from its reset header; ``None`` when it had none.
+            later: the server counted it in a later window than the one it was
+                granted in (it was in flight when the server's window turned,
+                before anyone knew): it is charged to the next shared window,
+                and what it says describes that one, not ``window``.
+        """
+        if window <= 0:
+            return
+        report = self._report
+        if report is None or window > report.window:
+            report = self._report = _Report(window)
+        elif window < report.window:
+            return  # about a window already over
+        if later:
+            report.later += 1
+            return
+        if remaining is not None:
+            report.remaining = (
+                remaining if report.remaining is None else min(report.remaining, remaining)
+            )
+        if ends_at is not None:
+            report.ends_at = ends_at if report.ends_at is None else min(report.ends_at, ends_at)
 
     def pause(self, seconds: float) -> None:
-        """Ask every process to pause; sent with the next :meth:`take`."""
+        """Ask every process to pause; sent with the next call."""
         self._pause_s = max(self._pause_s, seconds)
 
-    def new_window(self) -> None:
-        """The caller's window changed: what it saw of the old one no longer counts."""
-        self._seen = None
-
-    async def take(self, *, limit: int | None, ends_in_s: float | None, period_s: float) -> Grant:
+    async def take(
+        self, *, limit: int | None, fallback_s: float, now: float, rtt_s: float = 0.0
+    ) -> Grant:
         """One request's turn from the shared budget.
 
         Args:
-            limit: the server's limit per window, if known.
-            ends_in_s: seconds until the caller's current window ends, if known.
-            period_s: the window's length to assume when no one knows its end.
+            limit: the server's limit per window if known; ``None`` before any
+                answer; ``-1`` when answers came without one.
+            fallback_s: the window length to assume while no one knows its end.
+            now: the caller's clock (the one :meth:`saw`'s ``ends_at`` is on).
+            rtt_s: the caller's round trip to the API.
 
         Returns:
             The grant. When Redis has gone away: granted (the local limiter
             alone decides), after one warning.
         """
+        return await self._call(limit=limit, fallback_s=fallback_s, now=now, take=True, rtt_s=rtt_s)
+
+    async def _call(
+        self, *, limit: int | None, fallback_s: float, now: float, take: bool, rtt_s: float = 0.0
+    ) -> Grant:
         if self.failed or self._script is None:
             return Grant(True, 0.0)
         from redis.exceptions import RedisError  # noqa: PLC0415
 
-        seen = -1 if self._seen is None else self._seen
+        report = self._report or _Report(0)
+        ends = report.ends_at
         args = [
             limit or 0,
-            repr(ends_in_s if ends_in_s is not None and math.isfinite(ends_in_s) else -1.0),
-            repr(max(period_s, 0.05)),
-            seen,
+            report.window,
+            0 if ends is None else 1,
+            repr(0.0 if ends is None else ends - now),
+            -1 if report.remaining is None else report.remaining,
+            repr(max(fallback_s, 0.05)),
             repr(self._pause_s),
+            repr(self.probe_s),
+            1 if take else 0,
             _TTL_MS,
+            repr(max(rtt_s, 0.0)),
+            report.later,
         ]
         try:
-            granted, wait = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
+            answer = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
         except (RedisError, OSError) as exc:
             self.failed = True
             _log.warning(
@@ -210,6 +330,7 @@ class SharedWindow:
                 error=type(exc).__name__,
             )
             return Grant(True, 0.0)
-        self._seen = None
+        granted, wait, window = answer
+        self._report = None
         self._pause_s = 0.0
-        return Grant(bool(int(granted)), max(float(wait), 0.0))
+        return Grant(bool(int(granted)), max(float(wait), 0.0), int(window))

@@ -157,3 +157,29 @@ async def test_refusals_with_headers_set_no_lasting_pace() -> None:
         limiter.refused(1.0, {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "0",
                               "x-ratelimit-reset": "1"}, ticket)  # fmt: skip
     assert limiter.interval_s == 0.0
+
+
+def test_requests_in_flight_when_a_window_began_are_counted_once() -> None:
+    """A burst that straddles a window's end: the new window's budget counts each request once.
+
+    40 per window. Ten requests early in a window leave 30; then 30 go together
+    near its end: 5 are counted in it, 25 in the next, where the sixth shows
+    `remaining` rising. The next window then has 15 left: every request decided
+    after the first one counted in it was counted in it too (the server decides in
+    order), whether or not its `remaining` happens to be above what was said.
+    """
+    one = read_reset("1", now_wall=0.0)
+    quota = Quota()
+    for i in range(10):
+        ticket = quota.sent(0.0)
+        quota.observe(ticket, now=0.15 + i / 1000, remaining=39 - i, limit=40, reset=one)
+    burst = [quota.sent(0.9 + i / 1000) for i in range(30)]
+    assert burst[0].said_remaining == 30
+    remaining = 29
+    for i, ticket in enumerate(burst):
+        if i == 5:
+            remaining = 39  # the first counted in the new window
+        quota.observe(ticket, now=1.05 + i / 1000, remaining=remaining, limit=40, reset=one)
+        remaining -= 1
+    assert quota.window == 1
+    assert quota.budget() == 15

@@ -76,3 +76,59 @@ async def test_two_clients_on_one_key_share_one_window() -> None:
         assert_same_rows(sink.records, rows)
     assert rate["max_in_window"] <= 20
     assert rate["refused"] <= 2
+
+
+async def _window(name: str) -> SharedWindow:
+    """A SharedWindow on a fresh hash of the real Redis (DB 15)."""
+    window = SharedWindow(REDIS, f"fetcher:test:{name}:{anyio.current_time()}", probe_s=5.0)
+    await window.connect()
+    return window
+
+
+async def test_until_an_answer_says_the_limit_one_request_goes() -> None:
+    """Nothing answered yet: one turn is granted across processes, the others wait for it."""
+    first, second = await _window("probe"), await _window("probe")
+    second.key = first.key
+    try:
+        assert (await first.take(limit=None, fallback_s=1.0, now=0.0)).granted
+        held = await second.take(limit=None, fallback_s=1.0, now=0.0)
+        assert not held.granted and 0 < held.wait_s <= 0.05
+        # The first answer tells the limit: the budget is shared from then on.
+        assert (await second.take(limit=5, fallback_s=1.0, now=0.0)).granted
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_window_lasts_until_its_reported_end_and_no_longer_admits_than_its_limit() -> None:
+    """Three per window: the fourth waits for the end a reset header reported, then goes."""
+    window = await _window("budget")
+    try:
+        grants = [await window.take(limit=3, fallback_s=5.0, now=0.0) for _ in range(4)]
+        assert [g.granted for g in grants] == [True, True, True, False]
+        assert grants[3].wait_s == pytest.approx(0.05, abs=0.01)  # no end known: ask again soon
+        window.saw(grants[0].window, remaining=2, ends_at=0.3)
+        denied = await window.take(limit=3, fallback_s=5.0, now=0.0)
+        assert not denied.granted and 0.2 < denied.wait_s <= 0.3
+        await anyio.sleep(denied.wait_s + 0.02)
+        fresh = await window.take(limit=3, fallback_s=5.0, now=0.0)
+        assert fresh.granted and fresh.window == grants[0].window + 1
+    finally:
+        await window.aclose()
+
+
+async def test_requests_the_server_counted_in_its_next_window_are_charged_to_it() -> None:
+    """In flight when the server's window turned: the next shared window has that many fewer."""
+    window = await _window("later")
+    try:
+        grants = [await window.take(limit=3, fallback_s=5.0, now=0.0) for _ in range(3)]
+        # Two of the three were counted by the server's next window; this one ends soon.
+        window.saw(grants[0].window, remaining=2, ends_at=0.2)
+        window.saw(grants[0].window, remaining=2, ends_at=None, later=True)
+        window.saw(grants[0].window, remaining=1, ends_at=None, later=True)
+        await window.take(limit=3, fallback_s=5.0, now=0.0)  # carries the reports
+        await anyio.sleep(0.25)
+        after = [await window.take(limit=3, fallback_s=5.0, now=0.0) for _ in range(2)]
+        assert [g.granted for g in after] == [True, False]  # 3 - 2 charged = 1 left
+    finally:
+        await window.aclose()
