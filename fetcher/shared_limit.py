@@ -323,6 +323,8 @@ class SharedWindow:
         try:
             answer = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
         except (RedisError, OSError) as exc:
+            if self.failed:
+                return Grant(True, 0.0)  # another call waiting on Redis already said so
             self.failed = True
             _log.warning(
                 "shared limiter unreachable; carrying on with this process's own limiter",
