@@ -71,7 +71,7 @@ from benchmarks._harness import (
 from benchmarks._harness import jsonl_counts as jsonl_counts  # noqa: PLC0414
 from benchmarks._limits import FetcherUnderTest
 from benchmarks.contenders import write_workload
-from fetcher.settings import ExportSettings
+from fetcher.app.settings import ExportSettings
 from fetcher.spec import QuerySpec
 
 #: Users per query when fetcher is run at its defaults (``--user-batch-size``).

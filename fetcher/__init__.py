@@ -1,6 +1,7 @@
 """fetcher: an async auto-paginating exporter for the Saleshandy team-stats API.
 
-The front door; everything public is importable from here::
+The front door: what a library user needs. Everything else is importable from
+its module::
 
     import fetcher
 
@@ -10,35 +11,34 @@ The front door; everything public is importable from here::
             ...
 
     summary = await fetcher.export(spec, fetcher.JsonlSink("stats.jsonl"), api_key=key)
+
+The package, top to bottom (an import only points down; ``lint-imports`` checks
+it, see ``[tool.importlinter]`` in ``pyproject.toml``)::
+
+    app/        settings, the commands (export, plan, check, demo), progress, logs, cli
+    run/        paging plan and consolidation, worker pool and export(), checkpoint, Client
+    http/       page client, transport, limiter (+ quota, shared), retry, timeouts
+    sinks/      the Sink protocol, one module per sink
+    models.py   Page and the response's shape;  spec.py: QuerySpec;  dates.py;  files.py
+    errors.py   FetcherError and its tree
+    simulator/  the API's stand-in: imports nothing of the above
 """
 
 from fetcher._version import __version__
-from fetcher.client import DEFAULT_BASE_URL, Client
 from fetcher.errors import (
     APIError,
     AuthError,
     ConfigError,
-    ConnectError,
-    ConnectionLostError,
     FetcherError,
     IncompleteRunError,
-    InvalidJSONError,
-    PageRef,
-    RateLimitedError,
-    RequestRejectedError,
-    RequestTimeoutError,
-    ResponseError,
-    ResponseTooLargeError,
-    ServerError,
-    ShapeError,
     SinkError,
-    TLSError,
     TransportError,
 )
-from fetcher.limits import Limiter, Rate
-from fetcher.models import Page, PageMeta, ResponseShape, parse_page
-from fetcher.retry import RetryPolicy
-from fetcher.runner import FailedPage, PageStream, RunSummary, export
+from fetcher.http.limiter import Rate
+from fetcher.http.retry import RetryPolicy
+from fetcher.models import Page
+from fetcher.run.client import Client
+from fetcher.run.pool import PageStream, RunSnapshot, RunSummary, export
 from fetcher.sinks import (
     CsvSink,
     DuckDBSink,
@@ -46,67 +46,34 @@ from fetcher.sinks import (
     MemorySink,
     ParquetSink,
     PostgresSink,
-    ResumableSink,
     Sink,
-    TeeSink,
-    make_sink,
 )
-from fetcher.spec import EMAIL_METRICS, MAX_PAGE_SIZE, PROSPECT_METRICS, QuerySpec
-from fetcher.state import Checkpointer
-from fetcher.transport import AiohttpTransport, MockTransport, Request, Response, Transport
+from fetcher.spec import QuerySpec, SpecError
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "EMAIL_METRICS",
-    "MAX_PAGE_SIZE",
-    "PROSPECT_METRICS",
     "APIError",
-    "AiohttpTransport",
     "AuthError",
-    "Checkpointer",
     "Client",
     "ConfigError",
-    "ConnectError",
-    "ConnectionLostError",
     "CsvSink",
     "DuckDBSink",
-    "FailedPage",
     "FetcherError",
     "IncompleteRunError",
-    "InvalidJSONError",
     "JsonlSink",
-    "Limiter",
     "MemorySink",
-    "MockTransport",
     "Page",
-    "PageMeta",
-    "PageRef",
     "PageStream",
     "ParquetSink",
     "PostgresSink",
     "QuerySpec",
     "Rate",
-    "RateLimitedError",
-    "Request",
-    "RequestRejectedError",
-    "RequestTimeoutError",
-    "Response",
-    "ResponseError",
-    "ResponseShape",
-    "ResponseTooLargeError",
-    "ResumableSink",
     "RetryPolicy",
+    "RunSnapshot",
     "RunSummary",
-    "ServerError",
-    "ShapeError",
     "Sink",
     "SinkError",
-    "TLSError",
-    "TeeSink",
-    "Transport",
+    "SpecError",
     "TransportError",
     "__version__",
     "export",
-    "make_sink",
-    "parse_page",
 ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from fetcher.cli import main
+from fetcher.app.cli import main
 
 sys.exit(main())

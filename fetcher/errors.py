@@ -21,7 +21,7 @@
     ├── SinkError                     a sink could not write a page
     └── IncompleteRunError            the run ended with pages missing (carries the summary)
 
-aiohttp's exceptions never leave :mod:`fetcher.transport`; it maps each to the
+aiohttp's exceptions never leave :mod:`fetcher.http.transport`; it maps each to the
 most specific class here, chaining the original (``raise ... from exc``).
 Errors about one page carry a :class:`PageRef` so messages and reports can say
 which page of which query failed.
@@ -30,12 +30,10 @@ which page of which query failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from fetcher.runner import RunSummary
+from typing import Any, Final
 
 __all__ = [
+    "REDACTED",
     "APIError",
     "AuthError",
     "ConfigError",
@@ -56,6 +54,10 @@ __all__ = [
     "TLSError",
     "TransportError",
 ]
+
+#: What a secret (the API key, a password in a URL) is replaced with wherever it
+#: could be shown: logs, error messages, reports.
+REDACTED: Final = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +85,10 @@ class FetcherError(Exception):
         self.page = page
         #: requests made for the page before giving up (set by the client).
         self.attempts = 0
-        #: the run's summary up to the error, when a run was stopped by it.
-        self.summary: RunSummary | None = None
+        #: the run's summary up to the error (a :class:`fetcher.RunSummary`), when a
+        #: run was stopped by it. Typed loosely: errors sit below the run, and
+        #: know nothing of it.
+        self.summary: Any = None
 
     def __str__(self) -> str:
         if self.page is None:
@@ -237,9 +241,9 @@ class IncompleteRunError(FetcherError):
         summary: the run's summary; ``summary.failed_pages`` lists what is missing.
     """
 
-    summary: RunSummary
+    summary: Any  # a fetcher.RunSummary (errors sit below the run)
 
-    def __init__(self, summary: RunSummary) -> None:
+    def __init__(self, summary: Any) -> None:
         missing = len(summary.failed_pages) + len(summary.failed_queries)
         super().__init__(f"run incomplete: {missing} page(s) or queries failed")
         self.summary = summary

@@ -114,7 +114,7 @@ class Page:
         attempts: requests it took, retries included.
         elapsed_s: seconds from the first attempt to the parsed page.
         records_path: where the records were found (e.g. ``payload.data``).
-        repair: read again to complete its query (see :func:`fetcher.plan.consolidate`).
+        repair: read again to complete its query (see :func:`fetcher.run.paging.consolidate`).
         last_of_query: the last page of its query to be delivered.
     """
 

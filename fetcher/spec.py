@@ -13,7 +13,7 @@ import datetime as dt
 import functools
 import hashlib
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -21,8 +21,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
+
+from fetcher.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -34,6 +38,7 @@ __all__ = [
     "QuerySpec",
     "ReportType",
     "SortOrder",
+    "SpecError",
     "format_api_datetime",
 ]
 
@@ -120,6 +125,30 @@ def _check_user_ids(value: tuple[str, ...]) -> tuple[str, ...]:
 UserIds = Annotated[tuple[str, ...], Field(min_length=1), AfterValidator(_check_user_ids)]
 
 
+class SpecError(ConfigError, ValueError):
+    """A query that is not valid; raised by :class:`QuerySpec` before any request.
+
+    The message names the first field that is wrong and why; every problem is
+    in :meth:`errors` (pydantic's list, with ``loc`` naming each field).
+
+    Args:
+        validation: pydantic's error.
+    """
+
+    def __init__(self, validation: ValidationError) -> None:
+        first = validation.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        super().__init__(first["msg"].removeprefix("Value error, "), field=field)
+        self.validation = validation
+
+    def errors(self) -> list[ErrorDetails]:
+        """Every problem pydantic found, each with its ``loc``, ``msg`` and ``input``."""
+        return self.validation.errors()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.validation,))
+
+
 class QuerySpec(BaseModel):
     """One team-stats report: which users, which window, which report type.
 
@@ -135,10 +164,20 @@ class QuerySpec(BaseModel):
         page_size: records per page, 1 to :data:`MAX_PAGE_SIZE`.
 
     Raises:
-        pydantic.ValidationError: naming the field that is wrong.
+        SpecError: naming the field that is wrong (a
+            :class:`~fetcher.errors.ConfigError` and a :class:`ValueError`;
+            pydantic's own error is its ``validation``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    if not TYPE_CHECKING:  # type checkers keep the fields' signature (pydantic's plugin)
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise SpecError(exc) from None
 
     user_ids: UserIds
     start: AwareDatetime

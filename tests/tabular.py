@@ -20,11 +20,11 @@ import pytest
 import fetcher
 from fetcher import export
 from fetcher.models import Page
+from fetcher.run.checkpoint import Checkpointer, RunState
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from fetcher.sinks import ResumableSink, Sink
 from fetcher.sinks._schema import COLUMNS, IDENTITY_COLUMN_NAMES, KEY_COLUMNS, METRIC_COLUMN_NAMES
 from fetcher.spec import QuerySpec, ReportType
-from fetcher.state import Checkpointer, RunState
 from tests.integration import KEY
 
 #: 45 users in pages of 10: five pages per query, the last one short.

@@ -6,7 +6,7 @@ import re
 import socket
 from pathlib import Path
 
-from fetcher.cli import ExitCode, build_parser
+from fetcher.app.cli import ExitCode, build_parser
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from tests.test_cli import WRONG_KEY, run_cli
 

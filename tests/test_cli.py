@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from fetcher.cli import ExitCode, main
+from fetcher.app.cli import ExitCode, main
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from tests.integration import KEY, assert_same_rows, read_jsonl, spec_for
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import fetcher.cli
-from fetcher.cli import ExitCode, actionable
+import fetcher.app.cli
+from fetcher.app.cli import ExitCode, actionable
 from fetcher.errors import (
     AuthError,
     ConnectionLostError,
@@ -105,7 +105,7 @@ async def test_traceback_only_with_debug_and_never_with_the_key(
     async def broken(*args: object, **kwargs: object) -> ExitCode:
         raise RuntimeError(f"a bug that mentions the key {SECRET}")
 
-    monkeypatch.setattr(fetcher.cli, "run_export", broken)
+    monkeypatch.setattr(fetcher.app.cli, "run_export", broken)
     async with serve(SimulatorConfig(team_size=5)) as sim:
         args = base_args(sim, tmp_path / "s.jsonl") + (["--debug"] if debug else [])
         code = await run_in_thread(args, monkeypatch, key=SECRET)

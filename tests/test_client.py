@@ -7,7 +7,6 @@ import orjson
 import pytest
 from aioresponses import aioresponses
 
-from fetcher.client import TEAM_STATS_PATH, Client
 from fetcher.errors import (
     AuthError,
     ConfigError,
@@ -17,8 +16,10 @@ from fetcher.errors import (
     RequestRejectedError,
     ServerError,
 )
-from fetcher.limits import Limiter
-from fetcher.retry import RetryPolicy
+from fetcher.http.client import TEAM_STATS_PATH
+from fetcher.http.limiter import Limiter
+from fetcher.http.retry import RetryPolicy
+from fetcher.run.client import Client
 from fetcher.spec import QuerySpec
 
 BASE = "https://api.test"

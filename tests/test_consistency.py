@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fetcher import MemorySink, export
-from fetcher.cli import ExitCode
+from fetcher.app.cli import ExitCode
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from tests.integration import KEY, assert_same_rows, read_jsonl, spec_for
 from tests.test_cli import run_cli

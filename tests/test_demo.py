@@ -8,9 +8,9 @@ from pathlib import Path
 
 import duckdb
 
-from fetcher.cli import ExitCode
-from fetcher.demo import top_users
-from fetcher.windows import resolve_window
+from fetcher.app.cli import ExitCode
+from fetcher.app.demo import top_users
+from fetcher.dates import resolve_window
 from tests.integration import read_jsonl
 from tests.test_cli import run_cli
 from tests.test_progress import PAGES

@@ -11,6 +11,7 @@ import pytest
 
 import fetcher
 from fetcher import Client, JsonlSink, MemorySink, QuerySpec, export
+from fetcher.errors import ConnectError
 from fetcher.simulator import SimulatorConfig, serve
 from tests.integration import JAN_START, KEY, assert_same_rows, read_jsonl, spec_for
 
@@ -198,7 +199,7 @@ async def test_wrong_port_stops_the_run_quickly() -> None:
         end=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
         type="prospect",
     )
-    with anyio.fail_after(30), pytest.raises(fetcher.ConnectError, match="cannot connect"):
+    with anyio.fail_after(30), pytest.raises(ConnectError, match="cannot connect"):
         await export(
             spec,
             MemorySink(),

@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from fetcher.limits import Limiter, Rate, parse_reset
+from fetcher.http.limiter import Limiter, Rate, parse_reset
 from tests.fakes import FakeClock
 from tests.throttler import Throttler, drive
 

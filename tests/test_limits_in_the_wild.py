@@ -1,6 +1,6 @@
 """The limiter against the throttlers users meet, whole runs on a fake clock.
 
-Each test runs hundreds of requests through one :class:`~fetcher.limits.Limiter`
+Each test runs hundreds of requests through one :class:`~fetcher.http.limiter.Limiter`
 against :class:`tests.throttler.Throttler` (virtual time: milliseconds of real
 time, the same figures every run) and pins a rule of the limiter: coarse
 resets, the window learned, refusals, another client on the key.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from fetcher.limits import Limiter
-from fetcher.quota import Quota, Ticket, read_reset
+from fetcher.http.limiter import Limiter
+from fetcher.http.quota import Quota, Ticket, read_reset
 from tests.fakes import FakeClock
 from tests.throttler import Throttler, drive
 

@@ -3,7 +3,7 @@ import json
 
 import structlog
 
-from fetcher.logs import REDACTED, RedactSecrets, configure_logging
+from fetcher.app.logs import REDACTED, RedactSecrets, configure_logging
 
 KEY = "sk_live_0123456789abcdef"
 

@@ -18,12 +18,12 @@ import anyio
 import duckdb
 import pytest
 
-from fetcher.cli import ExitCode
+from fetcher.app.cli import ExitCode
+from fetcher.app.settings import load_settings
 from fetcher.models import Page
-from fetcher.settings import load_settings
+from fetcher.run.checkpoint import Checkpointer, RunState
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from fetcher.spec import DEFAULT_PAGE_SIZE, QuerySpec
-from fetcher.state import Checkpointer, RunState
 from tests.integration import KEY, assert_same_rows, read_jsonl
 from tests.test_cli import run_cli
 

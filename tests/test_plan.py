@@ -2,7 +2,7 @@ import datetime as dt
 
 from fetcher.errors import ServerError
 from fetcher.models import Page, PageMeta
-from fetcher.plan import QueryPlan, Schedule
+from fetcher.run.paging import QueryPlan, Schedule
 from fetcher.spec import QuerySpec
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from fetcher.cli import ExitCode
-from fetcher.limits import Rate
-from fetcher.planning import QueryEstimate, RunPlan, ServerLimit
-from fetcher.settings import load_settings
+from fetcher.app.cli import ExitCode
+from fetcher.app.plan import QueryEstimate, RunPlan, ServerLimit
+from fetcher.app.settings import load_settings
+from fetcher.http.limiter import Rate
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from tests.test_check import closed_port
 from tests.test_cli import run_cli

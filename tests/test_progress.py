@@ -14,13 +14,13 @@ import sys
 import termios
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import pytest
 from rich.console import Console
 
-from fetcher.progress import (
+from fetcher.app.progress import (
     ProgressDisplay,
     RateMeter,
     estimate_eta,
@@ -29,7 +29,7 @@ from fetcher.progress import (
     render,
     wants_progress,
 )
-from fetcher.runner import Paginator, QueryView, RunSnapshot
+from fetcher.run.pool import QueryView, RunSnapshot
 from fetcher.simulator import RunningSimulator, SimulatorConfig, serve
 from tests.integration import KEY
 from tests.test_cli import run_cli
@@ -236,7 +236,7 @@ async def test_display_redraws_until_cancelled_and_leaves_the_final_frame() -> N
     paginator = _FakePaginator()
     display = ProgressDisplay(console, interval_s=0.001)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(display, cast("Paginator", paginator))  # duck-typed: snapshot() only
+        tg.start_soon(display, paginator.snapshot)
         await paginator.drawn.wait()
         tg.cancel_scope.cancel()
     final = paginator.calls

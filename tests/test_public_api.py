@@ -34,3 +34,61 @@ def test_errors_share_one_root() -> None:
         obj = getattr(fetcher, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, fetcher.FetcherError), name
+
+
+#: The front door, pinned: a name added or removed is an API change, made here on purpose.
+FRONT_DOOR = [
+    "APIError",
+    "AuthError",
+    "Client",
+    "ConfigError",
+    "CsvSink",
+    "DuckDBSink",
+    "FetcherError",
+    "IncompleteRunError",
+    "JsonlSink",
+    "MemorySink",
+    "Page",
+    "PageStream",
+    "ParquetSink",
+    "PostgresSink",
+    "QuerySpec",
+    "Rate",
+    "RetryPolicy",
+    "RunSnapshot",
+    "RunSummary",
+    "Sink",
+    "SinkError",
+    "SpecError",
+    "TransportError",
+    "__version__",
+    "export",
+]
+
+
+def test_the_front_door_is_exactly_the_pinned_names() -> None:
+    """``fetcher.__all__`` is the small set a library user needs; changing it changes this test."""
+    assert fetcher.__all__ == FRONT_DOOR
+
+
+def test_names_off_the_front_door_stay_reachable_from_their_modules() -> None:
+    """What left the front door is one import away, in the layer it belongs to."""
+    from fetcher.errors import PageRef, RateLimitedError  # noqa: PLC0415
+    from fetcher.http.limiter import Limiter  # noqa: PLC0415
+    from fetcher.http.transport import MockTransport, Transport  # noqa: PLC0415
+    from fetcher.run.checkpoint import Checkpointer  # noqa: PLC0415
+    from fetcher.sinks import TeeSink, make_sink  # noqa: PLC0415
+
+    assert issubclass(RateLimitedError, fetcher.FetcherError)
+    homes = {
+        PageRef: "fetcher.errors",
+        Limiter: "fetcher.http.limiter",
+        MockTransport: "fetcher.http.transport",
+        Transport: "fetcher.http.transport",
+        Checkpointer: "fetcher.run.checkpoint",
+        TeeSink: "fetcher.sinks.tee",
+        make_sink: "fetcher.sinks.factory",
+    }
+    for obj, module in homes.items():
+        assert obj.__module__ == module, obj
+        assert getattr(obj, "__name__") not in fetcher.__all__  # noqa: B009  (obj: object)

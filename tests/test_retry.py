@@ -13,7 +13,7 @@ from fetcher.errors import (
     ShapeError,
     TLSError,
 )
-from fetcher.retry import RetryPolicy, parse_retry_after
+from fetcher.http.retry import RetryPolicy, parse_retry_after
 from tests.fakes import FakeClock
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -14,17 +15,15 @@ from fetcher import (
     Client,
     IncompleteRunError,
     MemorySink,
-    MockTransport,
     QuerySpec,
-    Request,
-    Response,
     RetryPolicy,
     SinkError,
     export,
 )
-from fetcher.limits import Limiter, Rate
+from fetcher.http.limiter import Limiter, Rate
+from fetcher.http.transport import MockTransport, Request, Response
 from fetcher.models import Page
-from fetcher.runner import Paginator, RunSnapshot
+from fetcher.run.pool import RunSnapshot
 from tests.fakes import FakeClock
 
 USERS = tuple(f"user{i:05d}" for i in range(95))
@@ -204,9 +203,9 @@ async def test_watch_sees_progress_and_is_stopped_at_the_end() -> None:
     api = FakeAPI(delay=0.005)
     seen: list[RunSnapshot] = []
 
-    async def watch(paginator: Paginator) -> None:
+    async def watch(snapshot: Callable[[], RunSnapshot]) -> None:
         while True:
-            seen.append(paginator.snapshot())
+            seen.append(snapshot())
             await anyio.sleep(0.005)
 
     with anyio.fail_after(10):

@@ -18,10 +18,10 @@ import trustme
 from aiohttp import web
 
 from fetcher import Client, MemorySink, QuerySpec, RetryPolicy, export
-from fetcher.cli import ExitCode
+from fetcher.app.cli import ExitCode
+from fetcher.app.settings import load_settings, resolve_api_key
 from fetcher.errors import ConfigError, RateLimitedError, TLSError
-from fetcher.limits import Limiter
-from fetcher.settings import load_settings, resolve_api_key
+from fetcher.http.limiter import Limiter
 from fetcher.simulator import SimulatorConfig, serve
 from tests.hostile import hostile_server
 from tests.integration import JAN_END, JAN_START
@@ -386,7 +386,7 @@ async def test_files_respect_the_umask_and_state_is_private(tmp_path: Path) -> N
         code = (
             "import os, sys; os.umask(0o027); "
             f"sys.argv = ['fetcher', *{args!r}]; "
-            "from fetcher.cli import main; sys.exit(main())"
+            "from fetcher.app.cli import main; sys.exit(main())"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
         env["SALESHANDY_API_KEY"] = SECRET

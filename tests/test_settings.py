@@ -5,9 +5,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fetcher.api import open_api
+from fetcher.app.connect import open_api
+from fetcher.app.settings import load_settings, parse_when, read_users_file, resolve_api_key
 from fetcher.errors import ConfigError
-from fetcher.settings import load_settings, parse_when, read_users_file, resolve_api_key
 
 
 @pytest.fixture(autouse=True)

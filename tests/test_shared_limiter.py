@@ -9,7 +9,7 @@ import pytest
 
 from fetcher import Client, MemorySink, export
 from fetcher.errors import ConfigError
-from fetcher.shared_limit import SharedWindow, shared_key
+from fetcher.http.shared import SharedWindow, shared_key
 from fetcher.simulator import SimulatorConfig, serve
 from tests.integration import KEY, assert_same_rows, spec_for
 from tests.test_check import closed_port

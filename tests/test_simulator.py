@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import pytest
@@ -846,3 +846,15 @@ async def test_cli_serves_and_writes_users(tmp_path: Path, session: aiohttp.Clie
         process.terminate()
         async with asyncio.timeout(10):
             assert await process.wait() == 0
+
+
+def test_the_simulator_and_the_client_agree_on_the_vocabulary_of_the_reference() -> None:
+    """The stand-in keeps its own copy of the reference's lists: a mistake in either shows here."""
+    from fetcher import spec  # noqa: PLC0415  (the client's side, kept out of the simulator)
+    from fetcher.simulator import _vocab  # noqa: PLC0415
+
+    assert _vocab.METRICS_BY_TYPE == spec.METRICS_BY_TYPE
+    assert set(get_args(_vocab.ReportType)) == set(get_args(spec.ReportType))
+    assert set(get_args(_vocab.CountBy)) == set(get_args(spec.CountBy))
+    assert set(get_args(_vocab.SortOrder)) == set(get_args(spec.SortOrder))
+    assert _vocab.MAX_PAGE_SIZE >= spec.MAX_PAGE_SIZE  # the client never asks for more

@@ -3,11 +3,13 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
+from fetcher.errors import ConfigError, FetcherError
 from fetcher.spec import (
     EMAIL_METRICS,
     MAX_PAGE_SIZE,
     PROSPECT_METRICS,
     QuerySpec,
+    SpecError,
     format_api_datetime,
 )
 
@@ -99,9 +101,10 @@ def test_invalid_specs_name_the_field(
     overrides: dict[str, object], field: str, fragment: str
 ) -> None:
     """Each invalid field is rejected with an error that names it and says why."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(SpecError) as info:
         make(**overrides)
     error = info.value.errors()[0]
+    assert (info.value.field or "").startswith(field)
     assert ".".join(map(str, error["loc"])).startswith(field)
     assert fragment in error["msg"]
 
@@ -135,3 +138,14 @@ def test_key_is_recomputed_for_a_changed_copy() -> None:
     assert copy.key == make(page_size=1000).key
     assert spec.key == original
     assert "key" not in spec.model_dump()
+
+
+def test_an_invalid_spec_is_a_fetcher_error_and_a_value_error() -> None:
+    """One ``except FetcherError`` catches a bad query too, and so does ``except ValueError``."""
+    with pytest.raises(SpecError) as info:
+        make(page_size=0)
+    assert isinstance(info.value, FetcherError)
+    assert isinstance(info.value, ConfigError)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith("page_size: ")
+    assert isinstance(info.value.validation, ValidationError)

@@ -1,6 +1,6 @@
 import pytest
 
-from fetcher.timeouts import AdaptiveTimeout
+from fetcher.http.timeouts import AdaptiveTimeout
 
 
 def test_ceiling_until_enough_samples() -> None:

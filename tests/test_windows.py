@@ -4,8 +4,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fetcher import windows
-from fetcher.windows import (
+from fetcher import dates as windows
+from fetcher.dates import (
     END_OF_DAY,
     MAX_SLICES,
     Slice,

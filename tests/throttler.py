@@ -5,8 +5,8 @@ arithmetic a fixed- or sliding-window throttler does, driven by
 :class:`tests.fakes.FakeClock`, so a whole run of hundreds of requests at the
 limit takes milliseconds and gives the same figures every time.
 
-:func:`drive` sends ``n`` requests through a :class:`~fetcher.limits.Limiter`
-the way :class:`~fetcher.client.Client` does (a slot, the request's latency,
+:func:`drive` sends ``n`` requests through a :class:`~fetcher.http.limiter.Limiter`
+the way :class:`~fetcher.http.client.PageClient` does (a slot, the request's latency,
 the answer's headers, a refusal's ``Retry-After``, retries until admitted) and
 returns what the server saw.
 """
@@ -19,7 +19,7 @@ from typing import Literal
 
 import anyio
 
-from fetcher.limits import Limiter
+from fetcher.http.limiter import Limiter
 from tests.fakes import FakeClock
 
 

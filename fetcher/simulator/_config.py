@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fetcher.spec import MAX_PAGE_SIZE
+from fetcher.simulator._vocab import MAX_PAGE_SIZE
 
 __all__ = [
     "FAULT_KINDS",

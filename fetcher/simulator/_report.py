@@ -37,7 +37,7 @@ import orjson
 
 from fetcher.simulator._team import Member, stable_unit
 from fetcher.simulator._validation import Query
-from fetcher.spec import METRICS_BY_TYPE
+from fetcher.simulator._vocab import METRICS_BY_TYPE
 
 __all__ = ["ReportEngine", "Result"]
 
@@ -71,7 +71,7 @@ _FUNNEL: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
         "bounced": ("emailSent", 0.0, 0.05),
     },
 }
-#: A metric the funnel does not know (should fetcher.spec grow one) is a small share of the root.
+#: A metric the funnel does not know (should the reference grow one) is a small share of the root.
 _DEFAULT_LINK: Final = (0.0, 0.1)
 _INACTIVE_SHARE: Final = 0.15
 _MAX_DAILY_RATE: Final = 40.0

@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from fetcher.spec import METRICS_BY_TYPE, CountBy, ReportType, SortOrder
+from fetcher.simulator._vocab import METRICS_BY_TYPE, CountBy, ReportType, SortOrder
 
 __all__ = ["FIELDS", "InvalidBodyError", "Query", "check_page", "is_int", "parse_body"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -19,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 import anyio
 
 from fetcher.errors import SinkError
+from fetcher.files import replace_atomically, write_atomically
 from fetcher.sinks._schema import COLUMNS, dedupe, rows
 
 if TYPE_CHECKING:
@@ -68,42 +68,6 @@ def provenance(page: Page) -> dict[str, Any]:
         "_window_end": query.end.isoformat(timespec="milliseconds"),
         "_fetched_at": page.fetched_at.isoformat(timespec="milliseconds"),
     }
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o666) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one.
-
-    The data goes to a temporary file beside ``path``, created with ``mode``
-    less the umask (the kernel applies it: no process-wide umask juggling),
-    synced, then renamed onto ``path`` with :func:`replace_atomically`. On any
-    failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        replace_atomically(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-
-
-def replace_atomically(source: Path, target: Path) -> None:
-    """Rename ``source`` onto ``target`` and make the rename durable."""
-    os.replace(source, target)
-    try:
-        fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -37,8 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import structlog
 from pydantic import SecretStr
 
-from fetcher.errors import ConfigError, SinkError
-from fetcher.logs import REDACTED
+from fetcher.errors import REDACTED, ConfigError, SinkError
 from fetcher.sinks._common import TableSink, check_columns
 from fetcher.sinks._schema import (
     COLUMNS,
@@ -78,7 +77,7 @@ _KV_PASSWORD: Final = re.compile(r"(?P<head>password\s*=\s*)(?:'(?:[^'\\]|\\.)*'
 def dsn_secrets(dsn: str) -> list[str]:
     """The passwords in a connection string, as written and decoded.
 
-    Give them to the log redaction (:class:`fetcher.logs.RedactSecrets`).
+    Give them to the log redaction (:class:`fetcher.app.logs.RedactSecrets`).
     """
     found: list[str] = []
     try:

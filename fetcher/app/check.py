@@ -8,7 +8,7 @@ means the export can start:
 * otherwise (``--all-users``, or no users at all): the team member list,
   ``GET /v1/user/team-member-list``.
 
-It is never retried (:class:`~fetcher.retry.RetryPolicy` with one attempt), and
+It is never retried (:class:`~fetcher.http.retry.RetryPolicy` with one attempt), and
 the answer is classified into one plain sentence with what to do:
 
 * ``ok`` (exit 0): the host answered and accepted the key;
@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from fetcher.api import Observed, open_api
-from fetcher.client import DEFAULT_BASE_URL
+from fetcher.app.connect import Observed, open_api
+from fetcher.app.settings import ExportSettings
+from fetcher.dates import resolve_window
 from fetcher.errors import (
     AuthError,
     ConnectError,
@@ -46,9 +47,8 @@ from fetcher.errors import (
     RequestTimeoutError,
     TLSError,
 )
-from fetcher.retry import RetryPolicy
-from fetcher.settings import ExportSettings
-from fetcher.windows import resolve_window
+from fetcher.http.client import DEFAULT_BASE_URL
+from fetcher.http.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pydantic import SecretStr

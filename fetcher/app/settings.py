@@ -49,18 +49,26 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from fetcher.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
+from fetcher.dates import day_end, day_start, parse_slice, resolve_window, split_window
 from fetcher.errors import ConfigError
-from fetcher.limits import Rate
-from fetcher.spec import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, CountBy, QuerySpec, ReportType, SortOrder
-from fetcher.windows import day_end, day_start, parse_slice, resolve_window, split_window
+from fetcher.http.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
+from fetcher.http.limiter import Rate
+from fetcher.spec import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    CountBy,
+    QuerySpec,
+    ReportType,
+    SortOrder,
+    SpecError,
+)
 
 __all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", "resolve_api_key"]
 
 API_KEY_ENV: Final = "SALESHANDY_API_KEY"
 ENV_PREFIX: Final = "FETCHER_"
 
-log = structlog.get_logger("fetcher.settings")
+log = structlog.get_logger("fetcher.app.settings")
 
 _config_file: ContextVar[Path | None] = ContextVar("fetcher_config_file", default=None)
 
@@ -81,8 +89,8 @@ def parse_when(value: str, *, zone: dt.tzinfo, end_of_day: bool) -> dt.datetime:
 
     A bare date means the start of that day (``00:00:00.000``) for a start,
     and its last millisecond (``23:59:59.999``) for an end, as in the
-    reference page's example window: :func:`~fetcher.windows.day_start` and
-    :func:`~fetcher.windows.day_end`, as for ``--window`` and the slices, so
+    reference page's example window: :func:`~fetcher.dates.day_start` and
+    :func:`~fetcher.dates.day_end`, as for ``--window`` and the slices, so
     days where the clocks change at midnight are bounded the same way.
 
     Raises:
@@ -433,8 +441,8 @@ class ExportSettings(BaseSettings):
                                 page_size=self.page_size,
                             )
                         )
-                    except ValidationError as exc:
-                        raise config_error(exc, source=None) from None
+                    except SpecError as exc:
+                        raise config_error(exc.validation, source=None) from None
         return specs
 
     def job_identity(self, users: list[str]) -> str:

@@ -8,10 +8,10 @@
       email     2024-06-03   pages 6/12  ━━━━━━━━━━━━━━━╺━━━━━━━━━━━━━━
     waiting for the rate limit until 14:02:07 (0.4 s)
 
-:class:`ProgressDisplay` is a *watcher* (see :func:`fetcher.runner.export`):
-the runner starts it with the run's :class:`~fetcher.runner.Paginator` and
+:class:`ProgressDisplay` is a *watcher* (see :func:`fetcher.run.pool.export`):
+the runner starts it with the run's :class:`~fetcher.run.pool.Paginator` and
 cancels it when the fetch is over. It only reads
-:meth:`~fetcher.runner.Paginator.snapshot`, so it cannot slow or break the
+:meth:`~fetcher.run.pool.Paginator.snapshot`, so it cannot slow or break the
 export. The figures are computed by pure functions (:func:`estimate_eta`,
 :func:`estimate_total_pages`, :class:`RateMeter`) so they are tested with
 fake snapshots and a fake clock, and :func:`render` builds the frame from a
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from rich.live import Live
     from rich.table import Table
 
-    from fetcher.runner import Paginator, QueryView, RunSnapshot
+    from fetcher.run.pool import QueryView, RunSnapshot
 
 __all__ = [
     "ProgressDisplay",
@@ -331,10 +331,10 @@ def render(
 
 
 class ProgressDisplay:
-    """The live display, as a watcher for :func:`fetcher.runner.export` / ``run_job``.
+    """The live display, as a watcher for :func:`fetcher.run.pool.export` / ``run_job``.
 
     Use it as ``run_job(settings, watch=ProgressDisplay())``; it polls the
-    paginator's snapshot every ``interval_s`` and redraws until cancelled,
+    run's snapshot every ``interval_s`` and redraws until cancelled,
     then draws the final figures once more and leaves them on the screen
     (or clears the region if not a single page was fetched).
 
@@ -363,9 +363,9 @@ class ProgressDisplay:
         self._wall = wall_clock
         self.meter = RateMeter()
 
-    def _draw(self, live: Live, paginator: Paginator) -> RunSnapshot:
+    def _draw(self, live: Live, snapshot_now: Callable[[], RunSnapshot]) -> RunSnapshot:
         """Take a snapshot, update the rates, redraw; return the snapshot."""
-        snapshot = paginator.snapshot()
+        snapshot = snapshot_now()
         self.meter.add(self._clock(), snapshot.pages_done, snapshot.requests)
         frame = render(
             snapshot,
@@ -376,7 +376,7 @@ class ProgressDisplay:
         live.update(frame, refresh=True)
         return snapshot
 
-    async def __call__(self, paginator: Paginator) -> None:
+    async def __call__(self, snapshot_now: Callable[[], RunSnapshot]) -> None:
         """Redraw until cancelled (the runner cancels it when the fetch ends)."""
         from rich.live import Live  # noqa: PLC0415  (only when a display is shown)
 
@@ -390,10 +390,10 @@ class ProgressDisplay:
         with live:
             try:
                 while True:
-                    self._draw(live, paginator)
+                    self._draw(live, snapshot_now)
                     await anyio.sleep(self.interval_s)
             finally:
                 # The last frame stays: the totals the run ended with (unless
                 # nothing was fetched: then the error message says it all).
-                if self._draw(live, paginator).pages_done == 0:
+                if self._draw(live, snapshot_now).pages_done == 0:
                     live.transient = True

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Grant", "SharedWindow", "shared_key"]
 
-_log = structlog.get_logger("fetcher.shared_limit")
+_log = structlog.get_logger("fetcher.http.shared")
 
 #: How long the shared state outlives the last process that touched it.
 _TTL_MS: Final = 3_600_000

@@ -43,17 +43,17 @@ import orjson
 import structlog
 
 from fetcher.errors import ConfigError
-from fetcher.sinks._common import write_atomically
+from fetcher.files import write_atomically
 
 if TYPE_CHECKING:
     from fetcher.models import Page
-    from fetcher.plan import QueryPlan
+    from fetcher.run.paging import QueryPlan
     from fetcher.sinks import Sink
     from fetcher.spec import QuerySpec
 
 __all__ = ["Checkpointer", "QueryProgress", "RunLock", "RunState", "fingerprint"]
 
-log = structlog.get_logger("fetcher.state")
+log = structlog.get_logger("fetcher.run.checkpoint")
 
 STATE_VERSION: Final = 1
 StateStatus = Literal["running", "complete", "incomplete", "failed"]

@@ -37,7 +37,7 @@ What is learned, and how:
   spreads its sends over the window instead of bursting).
 
 The class is pure bookkeeping: no clock of its own, no sleeping, no I/O; the
-:class:`~fetcher.limits.Limiter` drives it and the tests feed it by hand.
+:class:`~fetcher.http.limiter.Limiter` drives it and the tests feed it by hand.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Ticket:
         said_remaining: the lowest ``remaining`` the server had reported for
             that window when it was sent (``None``: nothing reported yet).
         shared_window: the window of the budget shared with other processes
-            it was granted in (0: none; see :mod:`fetcher.shared_limit`).
+            it was granted in (0: none; see :mod:`fetcher.http.shared`).
     """
 
     seq: int

@@ -6,7 +6,7 @@
       (plan)      client.fetch_page                                  (one task)
 
 Every task lives in an anyio task group. Workers take (query, page) jobs from
-the :class:`~fetcher.plan.Schedule`, fetch them through the client (limiter,
+the :class:`~fetcher.run.paging.Schedule`, fetch them through the client (limiter,
 transport, retries) and send finished pages into a bounded memory object
 stream. One writer drains the stream into the sink, so sinks need no locks,
 and a slow sink fills the stream and then holds the workers, instead of
@@ -45,15 +45,15 @@ from fetcher.errors import (
     SinkError,
     TLSError,
 )
+from fetcher.http.client import PageClient
 from fetcher.models import ShapeFindings, inspect_shape
-from fetcher.plan import DEFAULT_MAX_PAGES, QueryPlan, Schedule, consolidate, deliverable
+from fetcher.run.paging import DEFAULT_MAX_PAGES, QueryPlan, Schedule, consolidate, deliverable
 from fetcher.spec import MAX_PAGE_SIZE, QuerySpec, format_api_datetime
 
 if TYPE_CHECKING:
-    from fetcher.client import Client
     from fetcher.models import Page
+    from fetcher.run.checkpoint import Checkpointer
     from fetcher.sinks import Sink
-    from fetcher.state import Checkpointer
 
 __all__ = [
     "FailedPage",
@@ -62,12 +62,17 @@ __all__ = [
     "QueryView",
     "RunSnapshot",
     "RunSummary",
+    "Watcher",
     "export",
 ]
 
-log = structlog.get_logger("fetcher.runner")
+log = structlog.get_logger("fetcher.run.pool")
 
 RunStatus = Literal["ok", "incomplete", "failed"]
+
+#: Runs beside an export (a progress display): called once with a function that
+#: returns the run's :class:`RunSnapshot` now, cancelled when the fetch ends.
+Watcher = Callable[[Callable[[], "RunSnapshot"]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +275,7 @@ class Paginator:
 
     def __init__(
         self,
-        client: Client,
+        client: PageClient,
         queries: Iterable[QuerySpec],
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
@@ -655,7 +660,7 @@ def _as_fetcher_error(exc: Exception) -> FetcherError:
 
 
 class PageStream:
-    """The pages of a run, as an async iterator (see :meth:`Client.pages`).
+    """The pages of a run, as an async iterator (see :meth:`fetcher.Client.pages`).
 
     Iteration ends when every page has been delivered. If pages are missing
     it then raises :class:`~fetcher.errors.IncompleteRunError` (whose
@@ -713,12 +718,12 @@ async def export(
     queries: QuerySpec | Iterable[QuerySpec],
     sink: Sink,
     *,
-    client: Client | None = None,
+    client: PageClient | None = None,
     queue_size: int | None = None,
     max_pages: int = DEFAULT_MAX_PAGES,
     checkpoint: Checkpointer | None = None,
     on_page: Callable[[Page], None] | None = None,
-    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    watch: Watcher | None = None,
     expected_path: str | None = None,
     repair_rounds: int = 3,
     **client_options: Any,
@@ -734,7 +739,7 @@ async def export(
             (default: the concurrency).
         max_pages: the most pages one query may have.
         checkpoint: records durable progress and resumes an interrupted run
-            (see :mod:`fetcher.state`); needs a sink with ``checkpoint`` and
+            (see :mod:`fetcher.run.checkpoint`); needs a sink with ``checkpoint`` and
             ``resume_from`` (:class:`~fetcher.sinks.ResumableSink`).
         on_page: called after the sink has written each page.
         watch: run alongside the export with its paginator (e.g. a progress
@@ -743,7 +748,7 @@ async def export(
             whose responses put them elsewhere stops with a ShapeError.
         repair_rounds: how often a query whose users did not all arrive is
             read again before it counts as incomplete.
-        **client_options: arguments for :class:`~fetcher.client.Client`.
+        **client_options: arguments for :class:`~fetcher.http.client.PageClient`.
 
     Returns:
         The run summary. When pages are missing its ``status`` is
@@ -755,12 +760,10 @@ async def export(
         FetcherError: another error stopped the run; its ``summary``
             attribute holds the summary up to then.
     """
-    from fetcher.client import Client  # noqa: PLC0415  (import cycle)
-
     specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
     async with AsyncExitStack() as stack:
         if client is None:
-            client = await stack.enter_async_context(Client(**client_options))
+            client = await stack.enter_async_context(PageClient(**client_options))
         elif client_options:
             raise TypeError("pass either client or client options, not both")
         if checkpoint is not None:
@@ -783,7 +786,9 @@ async def export(
                 paginator, sink, buffer, on_page=on_page, checkpoint=checkpoint, watch=watch
             )
         except IncompleteRunError as exc:
-            return exc.summary
+            summary = exc.summary
+            assert isinstance(summary, RunSummary)
+            return summary
         except FetcherError as exc:
             summary = paginator.summary()
             if summary.status != "failed":  # e.g. the sink could not even be opened
@@ -814,12 +819,12 @@ def _prepare_resume(checkpoint: Checkpointer, sink: Sink) -> None:
         checkpoint.restart()
 
 
-async def _watch(watch: Callable[[Paginator], Awaitable[None]], paginator: Paginator) -> None:
+async def _watch(watch: Watcher, paginator: Paginator) -> None:
     """Run the watcher until the fetch is over (it must not outlive the run)."""
     with anyio.CancelScope() as scope:
         paginator.on_done(scope.cancel)
         try:
-            await watch(paginator)
+            await watch(paginator.snapshot)
         except Exception:  # a display must never break an export
             log.exception("watch.failed")
 
@@ -852,7 +857,7 @@ async def _export(
     *,
     on_page: Callable[[Page], None] | None,
     checkpoint: Checkpointer | None,
-    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    watch: Watcher | None = None,
 ) -> None:
     send, receive = anyio.create_memory_object_stream["Page"](max_buffer_size=buffer)
     sink_error: FetcherError | None = None

@@ -20,8 +20,8 @@ advertises in its ``x-ratelimit-*`` headers (when the probes saw them), and
 at the probed latency with ``--concurrency`` requests in flight. Retries come
 on top of every figure.
 
-The headers and latencies are read by :class:`fetcher.api.RecordingTransport`;
-:func:`fetcher.api.open_api` (shared with ``fetcher export`` and ``fetcher
+The headers and latencies are read by :class:`fetcher.app.connect.RecordingTransport`;
+:func:`fetcher.app.connect.open_api` (shared with ``fetcher export`` and ``fetcher
 check``) opens the client, starting the built-in simulator for
 ``base_url = "simulator"``.
 """
@@ -38,22 +38,22 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from fetcher.api import ApiSession, Observed, open_api
-from fetcher.client import Client
+from fetcher.app.connect import ApiSession, Observed, open_api
+from fetcher.app.settings import ExportSettings
 from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
-from fetcher.retry import RetryPolicy
-from fetcher.settings import ExportSettings
+from fetcher.http.retry import RetryPolicy
+from fetcher.run.client import Client
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from fetcher.limits import Rate
+    from fetcher.http.limiter import Rate
     from fetcher.spec import QuerySpec
 
 __all__ = ["QueryEstimate", "RunPlan", "ServerLimit", "make_plan"]
 
-log = structlog.get_logger("fetcher.planning")
+log = structlog.get_logger("fetcher.app.plan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +156,7 @@ class RunPlan:
         """The least time under the configured rate.
 
         The limiter allows ``n`` requests in any span (a sliding window, see
-        :attr:`fetcher.limits.Rate.window`), so the first ``n`` go at once and
+        :attr:`fetcher.http.limiter.Rate.window`), so the first ``n`` go at once and
         each later group of ``n`` a span after the last.
         """
         if self.rate is None:
@@ -326,7 +326,7 @@ def _catch_up_after(settings: ExportSettings, users: list[str]) -> dt.datetime |
     """Where ``--catch-up`` starts, as the export would find it."""
     if not settings.catch_up:
         return None
-    from fetcher.job import catch_up_from  # noqa: PLC0415  (only with --catch-up)
+    from fetcher.app.job import catch_up_from  # noqa: PLC0415  (only with --catch-up)
 
     return catch_up_from(settings, settings.job_identity(users))
 

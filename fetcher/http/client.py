@@ -1,14 +1,9 @@
-"""The client: one page at a time, and every page of a query as an async iterator.
+"""The page client: one page in, one :class:`~fetcher.models.Page` out.
 
-:meth:`Client.fetch_page` is the whole life of one page: a turn from the
+:meth:`PageClient.fetch_page` is the whole life of one page: a turn from the
 limiter, the transport, the status check, the parse, and the retry policy
-around all of it. :meth:`Client.pages` runs the paginator
-(:mod:`fetcher.runner`) in the client's own task group and hands pages out as
-they arrive::
-
-    async with Client(api_key=key) as client:
-        async for page in client.pages(spec):
-            ...
+around all of it. Every page of a query is the run's business: the library's
+:class:`fetcher.Client` (:mod:`fetcher.run.client`) adds ``pages()``.
 
 The API key is held as a :class:`pydantic.SecretStr`; it goes into the
 ``x-api-key`` header and nowhere else, and is scrubbed from any response text
@@ -20,9 +15,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final, Self
 
 import anyio
 import orjson
@@ -32,6 +26,7 @@ from pydantic import SecretStr
 
 from fetcher._version import __version__
 from fetcher.errors import (
+    REDACTED,
     APIError,
     AuthError,
     ConfigError,
@@ -43,22 +38,19 @@ from fetcher.errors import (
     ServerError,
     ShapeError,
 )
-from fetcher.limits import Limiter, Rate, one_second_of
-from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_team_members
-from fetcher.retry import RetryPolicy, parse_retry_after
-from fetcher.shared_limit import SharedWindow, shared_key
-from fetcher.spec import QuerySpec
-from fetcher.timeouts import AdaptiveTimeout
-from fetcher.transport import (
+from fetcher.http.limiter import Limiter, Rate, one_second_of
+from fetcher.http.retry import RetryPolicy, parse_retry_after
+from fetcher.http.shared import SharedWindow, shared_key
+from fetcher.http.timeouts import AdaptiveTimeout
+from fetcher.http.transport import (
     DEFAULT_MAX_BODY_BYTES,
     AiohttpTransport,
     Request,
     Response,
     Transport,
 )
-
-if TYPE_CHECKING:
-    from fetcher.runner import PageStream
+from fetcher.models import Page, ResponseShape, TeamMember, parse_page, parse_team_members
+from fetcher.spec import QuerySpec
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -66,7 +58,7 @@ __all__ = [
     "MAX_DEFAULT_CONCURRENCY",
     "TEAM_MEMBERS_PATH",
     "TEAM_STATS_PATH",
-    "Client",
+    "PageClient",
     "default_concurrency",
 ]
 
@@ -78,7 +70,7 @@ DEFAULT_CONCURRENCY: Final = 16
 #: The most requests in flight a configured rate raises the default to.
 MAX_DEFAULT_CONCURRENCY: Final = 64
 
-log = structlog.get_logger("fetcher.client")
+log = structlog.get_logger("fetcher.http.client")
 
 
 def default_concurrency(rate: Rate | None) -> int:
@@ -102,7 +94,7 @@ def default_concurrency(rate: Rate | None) -> int:
 def _snippet(content: bytes, secret: str, limit: int = 300) -> str:
     text = content[:limit].decode("utf-8", errors="replace")
     if secret:
-        text = text.replace(secret, "***")
+        text = text.replace(secret, REDACTED)
     return text
 
 
@@ -120,8 +112,11 @@ def _api_message(content: bytes) -> str:
     return ""
 
 
-class Client:
-    """An async client for the team-stats endpoint.
+class PageClient:
+    """An async client for the team-stats endpoint: one page in, one :class:`Page` out.
+
+    The library's :class:`fetcher.Client` is this plus ``pages()`` (in
+    :mod:`fetcher.run.client`), which runs every page of a query.
 
     Args:
         api_key: the Saleshandy Open API key (``x-api-key``).
@@ -133,7 +128,7 @@ class Client:
         rate_limit: a ceiling such as ``"30/min"``; the limiter also follows
             the server's rate-limit headers and refusals.
         timeout: seconds for one request.
-        retry: the retry policy; see :class:`~fetcher.retry.RetryPolicy`.
+        retry: the retry policy; see :class:`~fetcher.http.retry.RetryPolicy`.
         shape: where the records are in a response; detected by default.
         transport: how requests are sent; aiohttp by default.
         limiter: share one limiter between clients; built from the above by default.
@@ -142,7 +137,7 @@ class Client:
         max_body_bytes: a larger response body is refused, not buffered.
         shared_limiter: ``redis://HOST:PORT/DB``: share one window budget with
             every process using this key against this host (see
-            :mod:`fetcher.shared_limit`); Redis must be reachable on entry.
+            :mod:`fetcher.http.shared`); Redis must be reachable on entry.
 
     Raises:
         ConfigError: for a missing key or a malformed setting.
@@ -210,7 +205,7 @@ class Client:
         self._task_group: TaskGroup | None = None
 
     def __repr__(self) -> str:
-        return f"Client(base_url={self.base_url!r}, concurrency={self.concurrency})"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, concurrency={self.concurrency})"
 
     async def __aenter__(self) -> Self:
         if self.limiter.shared is not None:
@@ -265,7 +260,7 @@ class Client:
         if 200 <= status < 300:
             return
         secret = self._api_key.get_secret_value()
-        message = _api_message(response.content).replace(secret, "***")
+        message = _api_message(response.content).replace(secret, REDACTED)
         body = _snippet(response.content, secret)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         said = f": {message}" if message else ""
@@ -412,27 +407,6 @@ class Client:
                 page=ref,
             )
         return members
-
-    # -- every page ---------------------------------------------------------
-
-    def pages(self, queries: QuerySpec | Iterable[QuerySpec]) -> PageStream:
-        """Every page of one or more queries, concurrently, each exactly once.
-
-        Pages arrive in completion order, each tagged with its query and page
-        number. Use inside ``async with client:``; iterate with ``async for``.
-        Errors that stop the run (a refused key, a page that ran out of
-        retries) are raised from the iteration.
-
-        Args:
-            queries: one query or several; they share this client's limiter.
-        """
-        from fetcher.runner import PageStream, Paginator  # noqa: PLC0415  (import cycle)
-
-        if self._task_group is None:
-            raise RuntimeError("use the client as `async with Client(...) as client:` first")
-        specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
-        paginator = Paginator(self, specs)
-        return PageStream.start(self._task_group, paginator, buffer=self.concurrency * 2)
 
 
 def _is_auth_body(content: bytes, lowered_message: str) -> bool:

@@ -18,20 +18,19 @@ before the first request:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
 
-from fetcher.api import api_key, open_api
+from fetcher.app.connect import api_key, open_api
+from fetcher.app.settings import ExportSettings
 from fetcher.errors import ConfigError, FetcherError
-from fetcher.runner import Paginator, RunSummary, export
-from fetcher.settings import ExportSettings
+from fetcher.run.checkpoint import Checkpointer, RunLock
+from fetcher.run.pool import RunSummary, Watcher, export
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
-from fetcher.state import Checkpointer, RunLock
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["JobOutcome", "run_job"]
 
-log = structlog.get_logger("fetcher.job")
+log = structlog.get_logger("fetcher.app.job")
 
 
 @dataclass(slots=True)
@@ -66,7 +65,7 @@ async def run_job(
     *,
     fresh: bool = False,
     now: dt.datetime | None = None,
-    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    watch: Watcher | None = None,
     key: SecretStr | None = None,
 ) -> JobOutcome:
     """Run one export job end to end.
@@ -148,7 +147,7 @@ def catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None
     state_path = settings.state_path
     if state_path is None:
         raise ConfigError("--catch-up needs a state file; pass --state PATH", field="--catch-up")
-    from fetcher.state import RunState  # noqa: PLC0415
+    from fetcher.run.checkpoint import RunState  # noqa: PLC0415
 
     state = RunState.load(state_path)
     completed = state.ledger.get(identity) if state else None

@@ -55,10 +55,10 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from fetcher.quota import Quota, Ticket, latest_end, read_reset
+from fetcher.http.quota import Quota, Ticket, latest_end, read_reset
 
 if TYPE_CHECKING:
-    from fetcher.shared_limit import SharedWindow
+    from fetcher.http.shared import SharedWindow
 
 __all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "one_second_of", "parse_reset"]
 
@@ -89,7 +89,7 @@ _UNIT_S: Final = {
 #: The most send times the configured rate's sliding window remembers.
 _MAX_WINDOW: Final = 100_000
 
-_log = structlog.get_logger("fetcher.limits")
+_log = structlog.get_logger("fetcher.http.limiter")
 
 #: The longest a waiting worker sleeps before it looks at the window again.
 _RECHECK_S: Final = 0.05
@@ -262,7 +262,7 @@ class Limiter:
         self._window_n, self._window_s = rate.window if rate else (0, 0.0)
         self._sent: deque[float] = deque(maxlen=max(self._window_n, 1))
         self._paused_until = -math.inf
-        #: The server's window, learned from its headers (see fetcher.quota).
+        #: The server's window, learned from its headers (see fetcher.http.quota).
         self.quota = Quota()
         self._told_period: float | None = None
         # Woken on every answer: a waiting worker may go sooner than it planned.
@@ -304,7 +304,7 @@ class Limiter:
         """Wait for a turn to send one request; hold an in-flight slot while inside.
 
         Yields:
-            The request's :class:`~fetcher.quota.Ticket`; hand it back to
+            The request's :class:`~fetcher.http.quota.Ticket`; hand it back to
             :meth:`observe` or :meth:`refused` with the answer.
         """
         async with self._slots:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,16 +25,16 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from fetcher.client import Client
-from fetcher.runner import RunSummary, export
+from fetcher.dates import resolve_window, split_window
+from fetcher.run.client import Client
+from fetcher.run.pool import RunSummary, export
 from fetcher.simulator import SimulatorConfig, serve
 from fetcher.sinks import DuckDBSink, JsonlSink
 from fetcher.sinks.tee import TeeSink
 from fetcher.spec import QuerySpec
-from fetcher.windows import resolve_window, split_window
 
 if TYPE_CHECKING:
-    from fetcher.runner import Paginator
+    from fetcher.run.pool import Watcher
 
 __all__ = ["run_demo", "top_users"]
 
@@ -103,7 +102,7 @@ async def run_demo(
     team_size: int = 300,
     latency_ms: float = 40.0,
     days: int = 14,
-    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    watch: Watcher | None = None,
     console: Console | None = None,
 ) -> int:
     """Run the demo export and print the per-user table.
@@ -113,7 +112,7 @@ async def run_demo(
         team_size: simulated team members.
         latency_ms: simulated time per request.
         days: the window: this many whole days up to yesterday, one query each.
-        watch: a progress display (see :func:`fetcher.runner.export`).
+        watch: a progress display (see :func:`fetcher.run.pool.export`).
         console: where to print (default: standard output).
 
     Returns:

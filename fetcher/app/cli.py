@@ -1,13 +1,13 @@
 """The command line: argv -> settings -> run -> exit code.
 
-Thin on purpose: parsing and validation live in :mod:`fetcher.settings`, the
-work in :mod:`fetcher.runner`. This module maps each outcome to an exit code
+Thin on purpose: parsing and validation live in :mod:`fetcher.app.settings`, the
+work in :mod:`fetcher.run.pool`. This module maps each outcome to an exit code
 (see :class:`ExitCode`), writes the run report, and turns errors into one
 readable message (a traceback only with ``--debug``).
 
 Commands: ``export``; ``plan`` (what an export would fetch and how long it
-must take, :mod:`fetcher.planning`); ``check`` (one request: is the key good
-and the URL right, :mod:`fetcher.check`); ``demo`` (:mod:`fetcher.demo`).
+must take, :mod:`fetcher.app.plan`); ``check`` (one request: is the key good
+and the URL right, :mod:`fetcher.app.check`); ``demo`` (:mod:`fetcher.app.demo`).
 ``plan`` and ``check`` take the same options as ``export``, so any export
 command can be checked or planned by changing its first word.
 
@@ -16,7 +16,7 @@ setting, and what to do (:func:`actionable` adds the "what to do" to errors
 whose message does not say it). ``--debug`` adds the traceback, with the API
 key and other secrets redacted from it.
 
-The live progress display (:mod:`fetcher.progress`) shows while an export or
+The live progress display (:mod:`fetcher.app.progress`) shows while an export or
 the demo runs, when standard error is a terminal, unless ``--quiet`` or
 ``--log-format json``. While it shows, log lines are routed through it (they
 print above it, whole) and the default log level is ``warning``: the display
@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
@@ -41,6 +41,10 @@ import anyio
 import structlog
 
 from fetcher._version import __version__
+from fetcher.app.job import run_job
+from fetcher.app.logs import LogFormat, RedactSecrets, configure_logging
+from fetcher.app.progress import ProgressDisplay, current_stderr, wants_progress
+from fetcher.app.settings import ExportSettings, load_settings, resolve_api_key
 from fetcher.errors import (
     AuthError,
     ConfigError,
@@ -56,13 +60,9 @@ from fetcher.errors import (
     SinkError,
     TLSError,
 )
-from fetcher.job import run_job
-from fetcher.logs import LogFormat, RedactSecrets, configure_logging
-from fetcher.progress import ProgressDisplay, current_stderr, wants_progress
-from fetcher.runner import Paginator, RunSummary
-from fetcher.settings import ExportSettings, load_settings, resolve_api_key
+from fetcher.files import write_atomically
+from fetcher.run.pool import RunSummary, Watcher
 from fetcher.sinks import Sink
-from fetcher.sinks._common import write_atomically
 from fetcher.sinks.postgres import dsn_secrets
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ExitCode", "actionable", "main"]
 
-log = structlog.get_logger("fetcher.cli")
+log = structlog.get_logger("fetcher.app.cli")
 
 
 class ExitCode(enum.IntEnum):
@@ -375,7 +375,7 @@ async def run_export(
     *,
     fresh: bool = False,
     quiet: bool = False,
-    watch: Callable[[Paginator], Awaitable[None]] | None = None,
+    watch: Watcher | None = None,
     key: SecretStr | None = None,
 ) -> ExitCode:
     """Run ``fetcher export`` with validated settings; return the exit code.
@@ -489,14 +489,14 @@ def _secrets_from_env() -> list[str]:
 
 
 def _progress(args: argparse.Namespace, settings: ExportSettings | None) -> ProgressDisplay | None:
-    """The live display, if this run should have one (see :mod:`fetcher.progress`)."""
+    """The live display, if this run should have one (see :mod:`fetcher.app.progress`)."""
     if wants_progress(quiet=args.quiet, log_format=_log_format(args, settings)):
         return ProgressDisplay()
     return None
 
 
 async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
-    from fetcher.demo import run_demo  # noqa: PLC0415  (keeps the simulator off the export path)
+    from fetcher.app.demo import run_demo  # noqa: PLC0415  (keeps the simulator off the export path)
 
     display = _progress(args, None)
     _setup_logging(
@@ -516,7 +516,7 @@ async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
 async def _plan(
     settings: ExportSettings, *, probe: bool, as_json: bool, key: SecretStr | None
 ) -> ExitCode:
-    from fetcher.planning import make_plan  # noqa: PLC0415  (only for this command)
+    from fetcher.app.plan import make_plan  # noqa: PLC0415  (only for this command)
 
     plan = await make_plan(settings, probe=probe, key=key)
     if as_json:
@@ -528,7 +528,7 @@ async def _plan(
 
 
 async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode:
-    from fetcher.check import check_api  # noqa: PLC0415  (only for this command)
+    from fetcher.app.check import check_api  # noqa: PLC0415  (only for this command)
 
     result = await check_api(settings, key=key)
     if result.ok:

@@ -181,7 +181,7 @@ class AiohttpTransport:
         """The transport a client with ``concurrency`` requests in flight uses by default.
 
         The pool holds twice as many connections as requests in flight, as the
-        runner has twice as many workers (see :mod:`fetcher.runner`).
+        runner has twice as many workers (see :mod:`fetcher.run.pool`).
         """
         return cls(
             timeout=timeout,

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Final
 
 from pydantic import SecretStr
 
-from fetcher.client import Client
+from fetcher.app.settings import ExportSettings, resolve_api_key
 from fetcher.errors import ConfigError
-from fetcher.limits import header_int, parse_reset
+from fetcher.http.limiter import header_int, parse_reset
+from fetcher.http.retry import RetryPolicy
+from fetcher.http.transport import AiohttpTransport, Request, Response, Transport
 from fetcher.models import ResponseShape
-from fetcher.retry import RetryPolicy
-from fetcher.settings import ExportSettings, resolve_api_key
-from fetcher.transport import AiohttpTransport, Request, Response, Transport
+from fetcher.run.client import Client
 
 if TYPE_CHECKING:
     from fetcher.simulator import RunningSimulator

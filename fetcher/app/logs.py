@@ -16,9 +16,10 @@ from typing import Any, Final, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from fetcher.errors import REDACTED
+
 __all__ = ["REDACTED", "RedactSecrets", "configure_logging"]
 
-REDACTED: Final = "***"
 
 #: Shorter strings are not treated as secrets (see :class:`RedactSecrets`).
 MIN_SECRET_LENGTH: Final = 6
