@@ -16,7 +16,7 @@ The package, top to bottom (an import only points down; ``lint-imports`` checks
 it, see ``[tool.importlinter]`` in ``pyproject.toml``)::
 
     app/        settings, the commands (export, plan, check, demo), progress, logs, cli
-    run/        paging plan and consolidation, worker pool and export(), checkpoint, Client
+    run/        paging plan (one row per user), worker pool and export(), checkpoint, Client
     http/       page client, transport, limiter (+ quota, shared), retry, timeouts
     sinks/      the Sink protocol, one module per sink
     models.py   Page and the response's shape;  spec.py: QuerySpec;  dates.py;  files.py

@@ -114,8 +114,10 @@ class Page:
         attempts: requests it took, retries included.
         elapsed_s: seconds from the first attempt to the parsed page.
         records_path: where the records were found (e.g. ``payload.data``).
-        repair: read again to complete its query (see :func:`fetcher.run.paging.consolidate`).
-        last_of_query: the last page of its query to be delivered.
+        repair: a re-read of the users its query was missing at its end
+            (see :mod:`fetcher.run.paging`).
+        dropped: records left out because their user was delivered already on
+            another page of the query (the first answer wins).
     """
 
     query: QuerySpec
@@ -127,7 +129,7 @@ class Page:
     elapsed_s: float = 0.0
     records_path: str = ""
     repair: bool = False
-    last_of_query: bool = False
+    dropped: int = 0
 
     @property
     def ref(self) -> PageRef:

@@ -10,6 +10,7 @@ import signal
 import sys
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -93,15 +94,29 @@ async def test_multi_slice_export_with_both_types_and_all_users(tmp_path: Path) 
     assert oct(os.stat(tmp_path / "s.jsonl.state.json").st_mode & 0o777) == "0o600"
 
 
-async def kill_mid_run(args: list[str], state_path: Path, *, min_done: int) -> dict[str, Any]:
-    """Start the CLI, SIGKILL it once a checkpoint records `min_done` pages; return that state."""
+async def kill_mid_run(
+    args: list[str],
+    state_path: Path,
+    *,
+    min_done: int = 0,
+    sim: RunningSimulator | None = None,
+    answered: int = 0,
+) -> dict[str, Any]:
+    """Start the CLI, SIGKILL it once a checkpoint records `min_done` pages; return that state.
+
+    With ``sim``, the kill comes instead once the server has answered
+    ``answered`` pages: at a moment that owes nothing to when checkpoints happen.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "SALESHANDY_"))}
     env["SALESHANDY_API_KEY"] = KEY
     process = await anyio.open_process([sys.executable, "-m", "fetcher", *args], env=env)
     with anyio.fail_after(60):
         while True:  # poll the checkpoint another process writes
-            await anyio.sleep(0.05)
-            if state_path.exists():  # noqa: ASYNC240
+            await anyio.sleep(0.05 if sim is None else 0.001)
+            if sim is not None:
+                if sum(e.kind == "ok" for e in sim.stats.events) >= answered:
+                    break
+            elif state_path.exists():  # noqa: ASYNC240
                 state = json.loads(state_path.read_text())  # noqa: ASYNC240
                 done = sum(
                     high - low + 1
@@ -146,6 +161,44 @@ async def test_killed_run_resumes_without_refetching_done_pages(tmp_path: Path) 
             refetched = [e.page for e in events if e.query == query and e.page in pages]
             assert not refetched, f"done pages fetched again: {key} {refetched}"
     assert "from the interrupted run" in result.stderr
+
+
+async def test_killed_run_fetches_again_only_the_pages_in_flight_at_the_kill(
+    tmp_path: Path,
+) -> None:
+    """Pages are checkpointed one by one: a kill costs the pages in flight, not whole queries.
+
+    18 queries of 30 pages, killed at about 40%: every page the server had
+    answered before the kill and that is fetched again must have been in
+    flight (sent, or fetched and not yet durable): at most the workers (2 x
+    concurrency) plus the stream between them and the sink (concurrency) plus
+    the page being written. Checkpointing whole queries refetched every page
+    of each query in progress.
+    """
+    concurrency = 8
+    config = SimulatorConfig(seed=11, team_size=300, latency_ms=15)
+    async with serve(config) as sim:
+        out = tmp_path / "s.jsonl"
+        args = nightly_args(
+            sim, out, "--concurrency", str(concurrency), "--checkpoint-interval", "0.001"
+        )
+        state = await kill_mid_run(args, tmp_path / "s.jsonl.state.json", sim=sim, answered=216)
+        killed_at = anyio.current_time()
+        specs = specs_from_state(state)
+        assert len(specs) == 18
+        answered = {
+            (e.query, e.page) for e in sim.stats.events if e.t < killed_at and e.kind == "ok"
+        }
+        result = await run_cli(args)
+        assert result.returncode == 0, result.stderr
+        assert_complete_export(sim, out, specs)
+        again = [
+            (e.query, e.page)
+            for e in sim.stats.events
+            if e.t >= killed_at and (e.query, e.page) in answered
+        ]
+    in_flight_at_most = 2 * concurrency + concurrency + 1
+    assert len(again) <= in_flight_at_most, f"{len(again)} answered pages fetched again"
 
 
 async def test_killed_duckdb_run_resumes_without_duplicate_rows(tmp_path: Path) -> None:
@@ -346,6 +399,57 @@ def test_relative_window_at_dst_boundaries_through_settings(
     assert first.isoformat(timespec="milliseconds") == start
     assert last.isoformat(timespec="milliseconds") == end
     assert first.tzinfo == ZoneInfo(zone)
+
+
+def files_in(directory: Path) -> dict[str, bytes]:
+    """Every file's bytes but the lock's (which says who holds it)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.suffix != ".lock"}
+
+
+def _edit_first_query(field: str, value: Any) -> Callable[[bytes], bytes]:
+    def edit(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        first = next(iter(data["run"]["queries"].values()))
+        first[field] = value
+        return json.dumps(data).encode()
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "named"),
+    [
+        (lambda raw: raw[: len(raw) // 2], "Invalid JSON"),  # cut short
+        (_edit_first_query("done", "all of them"), ".done:"),
+        (_edit_first_query("end", "soon"), ".end:"),
+        (_edit_first_query("written_users", {"u1": 1}), ".written_users:"),
+        (lambda raw: raw.replace(b'"version": 2', b'"version": 7'), "version:"),
+    ],
+    ids=["truncated", "done", "end", "written_users", "version"],
+)
+async def test_a_corrupted_state_file_exits_2_and_leaves_output_and_state_as_they_were(
+    tmp_path: Path, corrupt: Callable[[bytes], bytes], named: str
+) -> None:
+    """A hand-edited or torn state file is refused before any request, naming the field."""
+    async with serve(SimulatorConfig(seed=2, team_size=150, latency_ms=10)) as sim:
+        out = tmp_path / "s.jsonl"
+        state_path = tmp_path / "s.jsonl.state.json"
+        args = nightly_args(sim, out, "--checkpoint-interval", "0.01")
+        await kill_mid_run(args, state_path, min_done=20)
+        state_path.write_bytes(corrupt(state_path.read_bytes()))
+        before = files_in(tmp_path)
+        requests_before = len(sim.stats.events)
+        result = await run_cli(args)
+        after = files_in(tmp_path)
+        requests_after = len(sim.stats.events)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert f"state file {state_path}" in result.stderr
+    assert named in result.stderr
+    assert "--fresh" in result.stderr
+    assert after.keys() == before.keys() and all(
+        after[k] == before[k] for k in before if not k.endswith(".lock")
+    )
+    assert requests_after == requests_before
 
 
 async def test_unknown_key_in_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:

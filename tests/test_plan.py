@@ -1,8 +1,10 @@
 import datetime as dt
 
-from fetcher.errors import ServerError
+import pytest
+
+from fetcher.errors import ServerError, ShapeError
 from fetcher.models import Page, PageMeta
-from fetcher.run.paging import QueryPlan, Schedule
+from fetcher.run.paging import QueryPlan, Resume, Schedule
 from fetcher.spec import QuerySpec
 
 
@@ -40,7 +42,7 @@ def test_page_one_goes_first_then_the_rest_at_once() -> None:
     assert plan.complete(page(plan, 4, 5))
     assert plan.finished
     assert plan.done == {1, 2, 3, 4}
-    assert plan.records == 35
+    assert plan.rows == 35
 
 
 def test_zero_total_finishes_after_page_one() -> None:
@@ -78,7 +80,7 @@ def test_without_meta_an_empty_page_ends_before_itself() -> None:
     assert plan.end == 2
     assert plan.complete(page(plan, 2, 10))
     assert plan.finished
-    assert plan.records == 20
+    assert plan.rows == 20
 
 
 def test_a_page_is_delivered_at_most_once() -> None:
@@ -152,9 +154,14 @@ def test_schedule_prefers_started_queries() -> None:
     assert schedule.take() == (a, 2)
     assert schedule.take() == (a, 3)
     b.complete(page(b, 1, 2, total_pages=1))
+    assert schedule.take() == (b, None)  # b is whole: check it
     assert schedule.take() is None
     a.complete(page(a, 2, 10))
     a.complete(page(a, 3, 10))
+    assert schedule.take() == (a, None)
+    b.finalized = True
+    assert schedule.take() is None
+    a.finalized = True
     assert schedule.take() is None
     assert schedule.finished
     assert schedule.finished_plans == [b, a]
@@ -172,13 +179,96 @@ def test_schedule_opens_no_more_queries_than_may_have_page_one_in_flight() -> No
     assert schedule.take() == (c, 1)
 
 
-def test_schedule_hands_out_nothing_while_the_writer_is_behind() -> None:
-    """While finished queries hold max_held pages for the writer, no page goes out."""
-    a, b = QueryPlan(spec()), QueryPlan(spec(page_size=5))
-    schedule = Schedule.of([a, b], max_held=3)
+def users_page(plan: QueryPlan, number: int, users: list[str], **meta: int) -> Page:
+    return Page(
+        plan.spec, number, [{"userId": u} for u in users], PageMeta(**meta) if meta else None
+    )
+
+
+def test_the_first_answer_for_a_user_wins_and_repeats_are_dropped() -> None:
+    """A user served again on a later page (counts moved) is not delivered twice."""
+    plan = QueryPlan(spec(page_size=3))
+    drain(plan)
+    first = users_page(plan, 1, ["a", "b", "c"], total_items=6)
+    assert plan.complete(first)
+    assert plan.admit(first) is first  # nothing repeated: the page as it came
+    drain(plan)
+    second = users_page(plan, 2, ["c", "d", "e"])  # c slid down: f slid out of sight
+    assert plan.complete(second)
+    delivered = plan.admit(second)
+    assert [r["userId"] for r in delivered.records] == ["d", "e"]
+    assert delivered.dropped == 1
+    assert (plan.records, plan.duplicates, plan.rows) == (5, 1, 6)
+    assert plan.finished
+    assert plan.users_short() == 1
+
+
+def test_without_a_total_a_repeat_means_a_user_was_missed() -> None:
+    """No totalItems: the rows the pages held are the users expected."""
+    plan = QueryPlan(spec(page_size=3))
+    drain(plan)
+    one = users_page(plan, 1, ["a", "b", "c"])
+    assert plan.complete(one)
+    plan.admit(one)
+    assert plan.take() == 2
+    page_two = users_page(plan, 2, ["c"])
+    assert plan.complete(page_two)
+    plan.admit(page_two)
+    assert plan.finished
+    assert (plan.expected, plan.users_short()) == (4, 1)
+
+
+def test_a_record_without_user_id_is_a_shape_error() -> None:
+    """Rows that cannot be keyed cannot be kept one per user: stop, naming the fields."""
+    plan = QueryPlan(spec())
+    drain(plan)
+    bad = Page(plan.spec, 1, [{"firstName": "Ann"}])
+    plan.complete(bad)
+    with pytest.raises(ShapeError, match="no 'userId' field"):
+        plan.admit(bad)
+
+
+def test_missing_users_are_the_requested_ids_not_delivered() -> None:
+    """The repair pass asks for exactly the users no page delivered."""
+    plan = QueryPlan(spec(n_users=4))
+    drain(plan)
+    one = users_page(plan, 1, ["u0", "u2"], total_items=4)
+    plan.complete(one)
+    plan.admit(one)
+    assert plan.missing_users_now() == ("u1", "u3")
+
+
+def test_a_finished_query_is_handed_out_once_for_its_check_then_retired() -> None:
+    """After its last page, a query is one more job (plan, None); once finalized it retires."""
+    a = QueryPlan(spec())
+    schedule = Schedule.of([a])
     assert schedule.take() == (a, 1)
-    a.complete(page(a, 1, 10, total_pages=2))
-    schedule.held = 3  # the runner counts the pages it has not handed to the writer
     assert schedule.take() is None
-    schedule.held = 2
-    assert schedule.take() == (a, 2)
+    a.complete(page(a, 1, 10, total_pages=1))
+    assert schedule.take() == (a, None)
+    assert schedule.take() is None  # handed out once
+    assert not schedule.finished
+    a.finalized = True
+    assert schedule.take() is None
+    assert schedule.finished
+    assert schedule.finished_plans == [a]
+
+
+def test_a_resumed_query_skips_its_done_pages_and_remembers_its_users() -> None:
+    """An interrupted run's done pages are not handed out; its written users are not re-sent."""
+    resume = Resume(done=frozenset({1, 2}), end=3, total_pages=3, total_items=7,
+                    written=frozenset({"r0", "r1"}), rows=6)  # fmt: skip
+    plan = QueryPlan.resuming(spec(page_size=3), resume)
+    assert drain(plan) == [3]
+    last = users_page(plan, 3, ["r1", "r6"])
+    plan.complete(last)
+    assert [r["userId"] for r in plan.admit(last).records] == ["r6"]
+    assert plan.finished and plan.users_short() == 4
+
+
+def test_a_resumed_complete_query_is_not_fetched_at_all() -> None:
+    """A query the earlier run completed retires without a single job."""
+    resume = Resume(done=frozenset({1, 2}), end=2, total_pages=2, finalized=True)
+    schedule = Schedule.of([QueryPlan.resuming(spec(), resume)])
+    assert schedule.take() is None
+    assert schedule.finished

@@ -27,7 +27,7 @@ import structlog
 from fetcher.app.connect import api_key, open_api
 from fetcher.app.settings import ExportSettings
 from fetcher.errors import ConfigError, FetcherError
-from fetcher.run.checkpoint import Checkpointer, RunLock
+from fetcher.run.checkpoint import Checkpointer, RunLock, RunState
 from fetcher.run.pool import RunSummary, Watcher, export
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
@@ -93,14 +93,16 @@ async def run_job(
     users = None if settings.needs_team_list else settings.user_ids()
     settings.slices(now=now)  # a bad window fails here, before the team list is asked for
     async with AsyncExitStack() as stack:
+        state_path = settings.state_path
+        if state_path is not None:
+            stack.enter_context(RunLock(state_path))
+            if not fresh:  # a torn or hand-edited state fails before any request
+                RunState.load(state_path)
         api = await stack.enter_async_context(open_api(settings, record=False, key=key))
         client = api.client
         if users is None:
             users = [member.user_id for member in await client.team_members()]
             log.info("team.members", users=len(users))
-        state_path = settings.state_path
-        if state_path is not None:
-            stack.enter_context(RunLock(state_path))
         identity = settings.job_identity(users)
         after = catch_up_from(settings, identity) if settings.catch_up else None
         specs = settings.queries(users, now=now, after=after)

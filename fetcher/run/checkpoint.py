@@ -2,14 +2,19 @@
 
 One JSON state file per export (``--state``, by default ``OUT.state.json``)
 records, per query, which pages are *done*, the query's last page when known,
-and a token from the sink saying how far its output is durable. A page is done
-only once the sink has made it durable (:meth:`ResumableSink.checkpoint`) and
-the state file naming it has been replaced atomically on disk; pages written
-after the last checkpoint are not done, and on resume the sink discards them
-(the JSONL sink truncates its file to the checkpointed offset) and they are
-fetched again. So a run killed at any instant, SIGKILL included, and started
-again with the same command ends with every record exactly once, without
-fetching done pages again.
+the user ids written so far while the query is open (its pages are written as
+they arrive, one row per user: the set says which users a resumed run must
+not write again), whether the query is *complete* (every page done and every
+user the API counted written), and a token from the sink saying how far its
+output is durable. A page is done only once the sink has made it durable
+(:meth:`ResumableSink.checkpoint`) and the state file naming it has been
+replaced atomically on disk; pages written after the last checkpoint are not
+done, and on resume the sink discards them (the JSONL sink truncates its file
+to the checkpointed offset; databases upsert them again) and they are fetched
+again. So a run killed at any instant, SIGKILL included, and started again
+with the same command ends with every record exactly once, fetching again
+only the pages written after the last checkpoint (about a second's worth, see
+``interval_s``) and those in flight at the kill.
 
 The same file keeps a small ledger across runs: for each job (everything but
 the window) the end of the last window it completed, which ``--catch-up``
@@ -40,10 +45,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import filelock
 import orjson
+import pydantic
 import structlog
 
 from fetcher.errors import ConfigError
 from fetcher.files import write_atomically
+from fetcher.run.paging import Resume
 
 if TYPE_CHECKING:
     from fetcher.models import Page
@@ -55,7 +62,9 @@ __all__ = ["Checkpointer", "QueryProgress", "RunLock", "RunState", "fingerprint"
 
 log = structlog.get_logger("fetcher.run.checkpoint")
 
-STATE_VERSION: Final = 1
+#: 2: pages are checkpointed one by one, with the user ids written per open query.
+#: A version 1 file (whole queries only) is still read: its done queries are complete.
+STATE_VERSION: Final = 2
 StateStatus = Literal["running", "complete", "incomplete", "failed"]
 
 
@@ -95,6 +104,11 @@ class QueryProgress:
     total_pages: int | None = None
     total_items: int | None = None
     records: int = 0
+    #: records the query's pages held, repeats included (for a query without a total)
+    rows: int = 0
+    #: user ids written while the query is open; emptied once it is complete
+    written: set[str] = field(default_factory=set)
+    complete: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The query's entry in the state file."""
@@ -105,18 +119,21 @@ class QueryProgress:
             "total_pages": self.total_pages,
             "total_items": self.total_items,
             "records": self.records,
+            "rows": self.rows,
+            "complete": self.complete,
+            "written_users": sorted(self.written),
         }
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> QueryProgress:
-        """Read a query's entry back."""
-        return cls(
-            spec=dict(data["spec"]),
-            done=_unranges(data.get("done", [])),
-            end=data.get("end"),
-            total_pages=data.get("total_pages"),
-            total_items=data.get("total_items"),
-            records=int(data.get("records", 0)),
+    def resume(self) -> Resume:
+        """What a resumed run carries on from."""
+        return Resume(
+            done=frozenset(self.done),
+            end=self.end,
+            total_pages=self.total_pages,
+            total_items=self.total_items,
+            written=frozenset(self.written),
+            rows=self.rows,
+            finalized=self.complete,
         )
 
 
@@ -152,8 +169,11 @@ class RunState:
     def load(cls, path: Path) -> RunState | None:
         """Read the state file; ``None`` if there is none.
 
+        Every field is checked before anything is used (see :class:`_StateFile`).
+
         Raises:
-            ConfigError: when the file exists but cannot be understood.
+            ConfigError: when the file exists but cannot be understood; it names
+                the field that is wrong. Nothing is changed on disk.
         """
         try:
             raw = path.read_bytes()
@@ -164,33 +184,44 @@ class RunState:
                 f"cannot read state file {path}: {exc.strerror}", field="--state"
             ) from None
         try:
-            return cls._parse(path, orjson.loads(raw))
-        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            data = _StateFile.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
             raise ConfigError(
-                f"state file {path} is not a fetcher state file ({exc}); "
-                "move it away, or pass --fresh to start over",
+                f"state file {path} is not a fetcher state file ({_first_problem(exc)}); "
+                "move it away, or pass --fresh to start over (the next run then "
+                "replaces it)",
                 field="--state",
             ) from None
+        return cls._of(path, data)
 
     @classmethod
-    def _parse(cls, path: Path, data: Any) -> RunState:
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
-        run = data.get("run") or {}
+    def _of(cls, path: Path, data: _StateFile) -> RunState:
+        run = data.run
         return cls(
             path=path,
-            fingerprint=str(run.get("fingerprint", "")),
-            status=run.get("status", "running"),
+            fingerprint=run.fingerprint,
+            status=run.status,
             queries={
-                key: QueryProgress.from_json(value)
-                for key, value in (run.get("queries") or {}).items()
+                key: QueryProgress(
+                    spec=dict(q.spec),
+                    done=_unranges(q.done),
+                    end=q.end,
+                    total_pages=q.total_pages,
+                    total_items=q.total_items,
+                    records=q.records,
+                    rows=q.rows,
+                    written=set(q.written_users),
+                    # Version 1 checkpointed whole queries only: a done query was complete.
+                    complete=q.complete or (data.version == 1 and bool(q.done)),
+                )
+                for key, q in run.queries.items()
             },
-            sink=run.get("sink"),
-            users={str(k): list(v) for k, v in (run.get("users") or {}).items()},
-            ledger={str(k): str(v) for k, v in (data.get("ledger") or {}).items()},
-            shape=dict(data.get("shape") or {}),
-            started_at=str(run.get("started_at", "")),
-            updated_at=str(run.get("updated_at", "")),
+            sink=run.sink,
+            users=run.users,
+            ledger=data.ledger,
+            shape=data.shape,
+            started_at=run.started_at,
+            updated_at=run.updated_at,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -225,6 +256,59 @@ class RunState:
     def done_pages(self) -> dict[str, frozenset[int]]:
         """Per query key, the pages already durably written."""
         return {key: frozenset(q.done) for key, q in self.queries.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A page handed to the sink since the last checkpoint, as the checkpoint records it."""
+
+    key: str
+    page: int | None  # None: a repair read (its number is not one of the query's pages)
+    records: int
+    rows: int
+    users: list[str]
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class _QueryFile(_Strict):
+    spec: dict[str, Any]
+    done: list[tuple[pydantic.NonNegativeInt, pydantic.NonNegativeInt]] = []
+    end: pydantic.PositiveInt | None = None
+    total_pages: pydantic.NonNegativeInt | None = None
+    total_items: pydantic.NonNegativeInt | None = None
+    records: pydantic.NonNegativeInt = 0
+    rows: pydantic.NonNegativeInt = 0
+    complete: bool = False
+    written_users: list[str] = []
+
+
+class _RunFile(_Strict):
+    fingerprint: str = ""
+    status: StateStatus = "running"
+    started_at: str = ""
+    updated_at: str = ""
+    sink: dict[str, Any] | None = None
+    users: dict[str, list[str]] = {}
+    queries: dict[str, _QueryFile] = {}
+
+
+class _StateFile(_Strict):
+    """The state file as it must be on disk: read and checked in one go, before any use."""
+
+    version: Literal[1, 2]
+    run: _RunFile = _RunFile()
+    ledger: dict[str, str] = {}
+    shape: dict[str, Any] = {}
+
+
+def _first_problem(exc: pydantic.ValidationError) -> str:
+    """``run.queries.<key>.end: Input should be a valid integer``, from pydantic's errors."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the file"
+    return f"{where}: {error['msg']}"
 
 
 class RunLock:
@@ -288,10 +372,10 @@ class Checkpointer:
         self.resumed = resumed
         self.resumed_pages = sum(len(q.done) for q in state.queries.values()) if resumed else 0
         self.resumed_records = sum(q.records for q in state.queries.values()) if resumed else 0
-        # (query key, page number, records) of pages written since the last
-        # checkpoint: not the pages themselves, which would keep up to a second's
-        # worth of records alive after the sink has them.
-        self._pending: list[tuple[str, int, int]] = []
+        # What the pages written since the last checkpoint hold: not the pages
+        # themselves, which would keep a second's worth of records alive after
+        # the sink has them.
+        self._pending: list[_Written] = []
         self._last = time.monotonic()
 
     @classmethod
@@ -314,7 +398,14 @@ class Checkpointer:
             interval_s: see the class.
         """
         print_ = fingerprint(specs, output)
-        previous = RunState.load(path)
+        try:
+            previous = RunState.load(path)
+        except ConfigError as exc:
+            if not fresh:
+                raise
+            # Asked to start over: an unreadable file is replaced (its ledger with it).
+            log.warning("run.state_unreadable_replaced", state=str(path), error=str(exc))
+            previous = None
         ledger = previous.ledger if previous else {}
         shape = previous.shape if previous and not fresh else {}
         if (
@@ -361,7 +452,9 @@ class Checkpointer:
         self.state.sink = None
         for progress in self.state.queries.values():
             progress.done.clear()
-            progress.records = 0
+            progress.written.clear()
+            progress.records = progress.rows = 0
+            progress.complete = False
             progress.end = progress.total_pages = progress.total_items = None
 
     async def start(self) -> None:
@@ -369,19 +462,23 @@ class Checkpointer:
         self.state.status = "running"
         await anyio.to_thread.run_sync(self.state.save)
 
-    def done_pages(self) -> dict[str, frozenset[int]]:
-        """Per query key, pages to skip."""
-        return self.state.done_pages() if self.resumed else {}
-
-    def known_ends(self) -> dict[str, tuple[int | None, int | None]]:
-        """Per query key, (last page, total pages) learnt by an earlier run."""
+    def resume(self) -> dict[str, Resume]:
+        """Per query key, what the interrupted run durably did (nothing for a new run)."""
         if not self.resumed:
             return {}
-        return {key: (q.end, q.total_pages) for key, q in self.state.queries.items()}
+        return {key: q.resume() for key, q in self.state.queries.items()}
 
-    def written(self, page: Page) -> None:
+    def written(self, page: Page, *, user_id_field: str = "userId") -> None:
         """A page was handed to the sink; it is done at the next checkpoint."""
-        self._pending.append((page.query.key, page.number, len(page.records)))
+        self._pending.append(
+            _Written(
+                key=page.query.key,
+                page=None if page.repair else page.number,
+                records=len(page.records),
+                rows=0 if page.repair else len(page.records) + page.dropped,
+                users=[str(record[user_id_field]) for record in page.records],
+            )
+        )
 
     def due(self) -> bool:
         """Whether enough time has passed for a checkpoint."""
@@ -398,17 +495,25 @@ class Checkpointer:
             return
         token = await checkpoint()
         state = self.state
-        for key, number, records in self._pending:
-            progress = state.queries.get(key)
-            if progress is not None:
-                progress.done.add(number)
-                progress.records += records
+        for written in self._pending:
+            progress = state.queries.get(written.key)
+            if progress is not None and not progress.complete:
+                if written.page is not None:
+                    progress.done.add(written.page)
+                progress.records += written.records
+                progress.rows += written.rows
+                progress.written.update(written.users)
         for plan in plans:
             progress = state.queries.get(plan.key)
-            if progress is not None:
-                progress.end = plan.end if plan.end is not None else progress.end
-                progress.total_pages = plan.total_pages or progress.total_pages
-                progress.total_items = plan.total_items or progress.total_items
+            if progress is None:
+                continue
+            progress.end = plan.end if plan.end is not None else progress.end
+            progress.total_pages = plan.total_pages or progress.total_pages
+            progress.total_items = plan.total_items or progress.total_items
+            if plan.finalized and not (plan.unwritten or plan.missing or plan.shortfall):
+                # Every page and every user is in: the set is not needed any more.
+                progress.complete = True
+                progress.written.clear()
         state.sink = dict(token)
         await anyio.to_thread.run_sync(state.save)
         self._pending.clear()

@@ -15,21 +15,24 @@ Rules of one query (:class:`QueryPlan`):
 * A page is accepted at most once. A page that failed is recorded with its
   error; the others go on. If page 1 fails the query's size is unknown and
   the whole query counts as failed.
-* A query is delivered whole: its pages are held until the last one is back,
-  then :func:`consolidate` keeps one row per user (the later answer wins:
-  counts move while a report is paged, so a user can slide from page 3 to
-  page 2 and be served twice while another is skipped) and compares the users
-  received with the total the API reported. Queries are one row per user, so
-  what is held is bounded by the users per query (``--user-batch-size``).
+* Pages are delivered as they arrive, and a query keeps one row per user
+  with the set of user ids it has delivered (:meth:`QueryPlan.admit`): the
+  first answer for a user wins and a repeat is dropped. Counts move while a
+  report is paged, so a user can slide from page 3 to page 2 and be served
+  twice while another is skipped. Once every page is back the query is
+  *finished* and the schedule hands out one more job for it, ``(plan, None)``:
+  compare the users delivered with the total the API reported and re-read the
+  missing ones (:attr:`QueryPlan.shortfall`, :meth:`QueryPlan.missing_users_now`).
+  What is kept per query is that set of user ids, bounded by the users per
+  query (``--user-batch-size``), never its pages.
 
 :class:`Schedule` interleaves many queries over one pool of workers: it
 prefers pages of queries already started (so they finish, and memory and
 checkpoints stay small) and starts the next query when none of those has a
 page to hand out, but no more queries waiting for their first page than
 ``max_opening`` (the requests allowed in flight: more would only queue for a
-request slot). It hands out nothing while finished queries hold ``max_held``
-pages that the writer has not taken yet: a slow sink sets the pace instead of
-filling memory.
+request slot). A slow sink sets the pace through the bounded stream between
+the workers and the writer, not here.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 from fetcher.errors import FetcherError, ResponseError
@@ -48,18 +50,24 @@ if TYPE_CHECKING:
     from fetcher.models import Page
     from fetcher.spec import QuerySpec
 
-__all__ = [
-    "DEFAULT_MAX_PAGES",
-    "Consolidation",
-    "QueryPlan",
-    "Schedule",
-    "consolidate",
-    "deliverable",
-]
+__all__ = ["DEFAULT_MAX_PAGES", "Job", "QueryPlan", "Resume", "Schedule"]
 
 #: Pages one query may have before fetcher refuses to believe it (a hostile or
 #: broken ``totalPages`` must not turn into a billion requests).
 DEFAULT_MAX_PAGES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What an earlier, interrupted run durably did of one query (from its checkpoint)."""
+
+    done: frozenset[int] = frozenset()
+    end: int | None = None
+    total_pages: int | None = None
+    total_items: int | None = None
+    written: frozenset[Any] = frozenset()
+    rows: int = 0
+    finalized: bool = False
 
 
 @dataclass(slots=True)
@@ -70,6 +78,9 @@ class QueryPlan:
         spec: the query.
         max_pages: the most pages this query may have.
         skip: pages already written in an earlier run (resume); not fetched again.
+        written: user ids an earlier run wrote for this query (resume).
+        rows: records its pages held in that earlier run, repeats included.
+        finalized: the earlier run checked and completed this query already.
     """
 
     spec: QuerySpec
@@ -80,23 +91,49 @@ class QueryPlan:
     #: the total the API reported on page 1, if it did
     total_pages: int | None = None
     total_items: int | None = None
+    #: user ids delivered for this query (first answer wins); seeds a resumed run
+    written: set[Any] = field(default_factory=set)
+    #: records the query's own pages held, repeats included (repair pages not)
+    rows: int = 0
+    #: every page is back and the query was checked (and repaired) at its end
+    finalized: bool = False
     done: set[int] = field(default_factory=set)
     failed: dict[int, FetcherError] = field(default_factory=dict)
     discarded: int = 0
+    #: records delivered in this run (repeats dropped)
     records: int = 0
-    #: accepted pages, held until the query is consolidated, in the order their
-    #: answers arrived (a page is accepted once, so insertion order is arrival order)
-    pages: dict[int, Page] = field(default_factory=dict)
-    finalized: bool = False
-    #: consolidation: records dropped as repeats, users still missing, repairs made
+    #: records dropped because their user had been delivered already
     duplicates: int = 0
+    #: set when the query is finalized: users still missing after the repair pass
     shortfall: int = 0
     missing_users: tuple[str, ...] = ()
     repair_rounds: int = 0
     repair_pages: int = 0
+    #: pages handed to the writer and not yet written (the checkpoint waits for them)
+    unwritten: int = 0
     _next: int = 1
     _in_flight: set[int] = field(default_factory=set)
     _page_one_back: bool = False
+    _finishing: bool = False
+
+    @classmethod
+    def resuming(
+        cls, spec: QuerySpec, resume: Resume | None, *, max_pages: int = DEFAULT_MAX_PAGES
+    ) -> QueryPlan:
+        """The plan of ``spec``, carrying on where an earlier run stopped (if it did)."""
+        if resume is None or not resume.done:
+            return cls(spec, max_pages=max_pages)
+        return cls(
+            spec,
+            max_pages=max_pages,
+            skip=resume.done,
+            end=resume.end,
+            total_pages=resume.total_pages,
+            total_items=resume.total_items,
+            written=set(resume.written),
+            rows=resume.rows,
+            finalized=resume.finalized,
+        )
 
     def __post_init__(self) -> None:
         if 1 in self.skip:
@@ -123,7 +160,7 @@ class QueryPlan:
     @property
     def finished(self) -> bool:
         """Every page up to the end is done or failed, and nothing is in flight."""
-        return (
+        return self.finalized or (
             self._page_one_back
             and self.end is not None
             and self._next > self.end
@@ -141,6 +178,27 @@ class QueryPlan:
         """Page 1 failed, so the size of the query is unknown."""
         return 1 in self.failed
 
+    @property
+    def expected(self) -> int | None:
+        """How many users the query has: the API's total, else the rows its pages held.
+
+        ``None`` while pages are missing: the shortfall is theirs, not paging's.
+        Without a total, a repeated row means another user slid past unseen.
+        """
+        if self.missing:
+            return None
+        return self.total_items if self.total_items is not None else self.rows
+
+    def users_short(self) -> int:
+        """Users expected and not delivered yet."""
+        expected = self.expected
+        return max(expected - len(self.written), 0) if expected is not None else 0
+
+    def missing_users_now(self) -> tuple[str, ...]:
+        """The requested user ids not delivered yet (what a repair pass asks for)."""
+        written = self.written
+        return tuple(user for user in self.spec.user_ids if user not in written)
+
     def take(self) -> int | None:
         """The next page number to fetch, or ``None`` if there is none right now."""
         if self._next == 1:
@@ -156,6 +214,13 @@ class QueryPlan:
                 self._fail_open_ended()
             return None
         return self._hand_out()
+
+    def take_finish(self) -> bool:
+        """Whether to hand out the query's end-of-query check now (once, when finished)."""
+        if self.finalized or self._finishing or not self.finished:
+            return False
+        self._finishing = True
+        return True
 
     def _hand_out(self) -> int:
         number = self._next
@@ -176,7 +241,7 @@ class QueryPlan:
         self.end = end if self.end is None else min(self.end, end)
 
     def complete(self, page: Page) -> bool:
-        """Record a fetched page; return whether to deliver it."""
+        """Record a fetched page; return whether to deliver it (see :meth:`admit`)."""
         number = page.number
         count = len(page.records)
         self._in_flight.discard(number)
@@ -208,9 +273,33 @@ class QueryPlan:
             self.discarded += 1
             return False
         self.done.add(number)
-        self.records += count
-        self.pages[number] = page
+        self.rows += count
         return True
+
+    def admit(self, page: Page, *, user_id_field: str = "userId") -> Page:
+        """The page with only the rows of users not delivered yet; they count as delivered.
+
+        The first answer for a user wins: a later one is a repeat that paging
+        over moving counts served twice (and it pushed another user out of
+        sight, which the end-of-query check finds).
+
+        Raises:
+            ShapeError: a record has no user id, so rows cannot be told apart.
+        """
+        written = self.written
+        kept = []
+        for record in page.records:
+            user = record.get(user_id_field)
+            if user is None:
+                raise missing_user_id(record, user_id_field, page.ref)
+            if user not in written:
+                written.add(user)
+                kept.append(record)
+        dropped = len(page.records) - len(kept)
+        self.records += len(kept)
+        if not page.repair:
+            self.duplicates += dropped
+        return page if not dropped else replace(page, records=kept, dropped=dropped)
 
     def fail(self, number: int, error: FetcherError) -> None:
         """Record that a page ran out of attempts."""
@@ -221,109 +310,25 @@ class QueryPlan:
         self.failed[number] = error
 
 
-@dataclass(frozen=True, slots=True)
-class Consolidation:
-    """One query's pages reduced to one row per user, and what is missing.
-
-    Attributes:
-        winners: per user id, the record kept (the latest answer) and its page.
-        duplicates: records on the query's pages that repeated a user (dropped).
-        expected: how many users the API said the query has (meta), else the
-            rows its pages held; ``None`` when pages failed (the shortfall is theirs).
-        shortfall: users expected but not received.
-        missing_requested: requested user ids that no page returned.
-    """
-
-    winners: dict[Any, tuple[int, dict[str, Any]]]
-    duplicates: int
-    expected: int | None
-    shortfall: int
-    missing_requested: tuple[str, ...]
-
-
-def consolidate(
-    plan: QueryPlan, *, user_id_field: str = "userId", extra: Iterable[Page] = ()
-) -> Consolidation:
-    """Keep one row per user of ``plan``'s pages (and ``extra`` repair pages, read later).
-
-    Answers are taken in arrival order, so a later answer for a user replaces
-    an earlier one.
-
-    Raises:
-        ShapeError: a record has no user id, so rows cannot be told apart.
-    """
-    end = plan.end if plan.end is not None else math.inf
-    own = [page for number, page in plan.pages.items() if number <= end]
-    winners: dict[Any, tuple[int, dict[str, Any]]] = {}
-    rows = 0
-    for page in own:
-        # A page at a time, in C where it can be (this runs for every record).
-        records = page.records
-        users = [record.get(user_id_field) for record in records]
-        if None in users:
-            record = records[users.index(None)]
-            raise missing_user_id(record, user_id_field, page.ref)
-        winners.update(zip(users, zip(repeat(page.number), records), strict=True))
-        rows += len(records)
-    duplicates = rows - len(winners)
-    for page in extra:
-        for record in page.records:
-            user = record.get(user_id_field)
-            if user is not None:
-                winners[user] = (page.number, record)
-    if plan.missing:
-        expected = None
-    elif plan.total_items is not None:
-        expected = plan.total_items
-    else:
-        expected = rows
-    shortfall = max(expected - len(winners), 0) if expected is not None else 0
-    missing = tuple(u for u in plan.spec.user_ids if u not in winners)
-    return Consolidation(winners, duplicates, expected, shortfall, missing)
-
-
-def deliverable(plan: QueryPlan, outcome: Consolidation, extra: Iterable[Page] = ()) -> list[Page]:
-    """The query's pages in order, each holding only the rows that won, ready to write."""
-    end = plan.end if plan.end is not None else math.inf
-    pages = [plan.pages[n] for n in sorted(plan.pages) if n <= end]
-    repairs = list(extra)
-    if not outcome.duplicates and not repairs:
-        # No user twice on the query's pages and nothing re-read: every record won.
-        return pages
-    pages.extend(repairs)
-    # The winners are the very record objects held in the pages: keep those.
-    winning = {id(record) for _, record in outcome.winners.values()}
-    out = []
-    for page in pages:
-        kept = [record for record in page.records if id(record) in winning]
-        out.append(page if len(kept) == len(page.records) else replace(page, records=kept))
-    return out
+#: A worker's job: fetch page ``number`` of the query, or (``None``) check the
+#: finished query and re-read the users it is missing.
+Job = tuple[QueryPlan, int | None]
 
 
 @dataclass(slots=True)
 class Schedule:
-    """Hands out (query, page) jobs across many queries to one pool of workers."""
+    """Hands out jobs (see :data:`Job`) across many queries to one pool of workers."""
 
     pending: deque[QueryPlan]
     active: list[QueryPlan] = field(default_factory=list)
     finished_plans: list[QueryPlan] = field(default_factory=list)
     #: the most queries waiting for their first page at once (``None``: no limit)
     max_opening: int | None = None
-    #: pages of finished queries the writer has not taken yet (the runner counts them)
-    held: int = 0
-    #: no page is handed out while this many are held (``None``: no limit)
-    max_held: int | None = None
 
     @classmethod
-    def of(
-        cls,
-        plans: Iterable[QueryPlan],
-        *,
-        max_opening: int | None = None,
-        max_held: int | None = None,
-    ) -> Schedule:
+    def of(cls, plans: Iterable[QueryPlan], *, max_opening: int | None = None) -> Schedule:
         """A schedule over ``plans``, started in the given order."""
-        return cls(pending=deque(plans), max_opening=max_opening, max_held=max_held)
+        return cls(pending=deque(plans), max_opening=max_opening)
 
     @property
     def plans(self) -> list[QueryPlan]:
@@ -335,32 +340,36 @@ class Schedule:
         """Nothing pending and nothing active."""
         return not self.pending and not self.active
 
-    def take(self) -> tuple[QueryPlan, int] | None:
+    def take(self) -> Job | None:
         """The next job, or ``None`` when there is none to hand out now.
 
         That is: every page is handed out, or the started queries wait on page 1
-        and no other may start yet, or the writer is behind (see ``max_held``).
+        and no other may start yet.
         """
         self._retire()
-        if self.max_held is not None and self.held >= self.max_held:
-            return None  # the writer is behind: fetching more would only fill memory
         for plan in self.active:
-            number = plan.take()
-            if number is not None:
-                return plan, number
+            job = self._job_of(plan)
+            if job is not None:
+                return job
         while self.pending and self._may_open():
             plan = self.pending.popleft()
             self.active.append(plan)
-            number = plan.take()
-            if number is not None:
-                return plan, number
+            job = self._job_of(plan)
+            if job is not None:
+                return job
         self._retire()
         return None
 
+    @staticmethod
+    def _job_of(plan: QueryPlan) -> Job | None:
+        number = plan.take()
+        if number is not None:
+            return plan, number
+        return (plan, None) if plan.take_finish() else None
+
     def _may_open(self) -> bool:
-        # Each started query holds its pages until it is whole, so no more
-        # start than can have their first page in flight at once: more would
-        # only queue for a request slot.
+        # More queries waiting for page 1 than requests allowed in flight would
+        # only queue for a request slot, and each open query keeps its user set.
         if self.max_opening is None:
             return True
         return sum(plan.opening for plan in self.active) < self.max_opening
@@ -368,5 +377,5 @@ class Schedule:
     def _retire(self) -> None:
         still: list[QueryPlan] = []
         for plan in self.active:
-            (self.finished_plans if plan.finished else still).append(plan)
+            (self.finished_plans if plan.finalized else still).append(plan)
         self.active = still

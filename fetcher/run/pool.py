@@ -7,10 +7,12 @@
 
 Every task lives in an anyio task group. Workers take (query, page) jobs from
 the :class:`~fetcher.run.paging.Schedule`, fetch them through the client (limiter,
-transport, retries) and send finished pages into a bounded memory object
-stream. One writer drains the stream into the sink, so sinks need no locks,
-and a slow sink fills the stream and then holds the workers, instead of
-filling memory. There are twice as many workers as requests allowed in
+transport, retries), keep only the rows of users their query has not written
+yet, and send each page into a bounded memory object stream as soon as it is
+back. When a query's pages are all back, one more job checks it and asks for
+the users it is missing (the repair pass). One writer drains the stream into
+the sink, so sinks need no locks, and a slow sink fills the stream and then
+holds the workers, instead of filling memory. There are twice as many workers as requests allowed in
 flight (the limiter enforces ``concurrency``): a page waiting out a backoff
 then does not keep a request slot idle.
 
@@ -47,7 +49,7 @@ from fetcher.errors import (
 )
 from fetcher.http.client import PageClient
 from fetcher.models import ShapeFindings, inspect_shape
-from fetcher.run.paging import DEFAULT_MAX_PAGES, QueryPlan, Schedule, consolidate, deliverable
+from fetcher.run.paging import DEFAULT_MAX_PAGES, QueryPlan, Resume, Schedule
 from fetcher.spec import MAX_PAGE_SIZE, QuerySpec, format_api_datetime
 
 if TYPE_CHECKING:
@@ -267,8 +269,7 @@ class Paginator:
         max_pages: the most pages one query may have.
         concurrency: requests in flight; the client's concurrency by default.
             Twice as many workers run, so pages in backoff leave slots to others.
-        skip: per query key, pages already written in an earlier run.
-        known: per query key, (last page, total pages) an earlier run learnt.
+        resume: per query key, what an earlier, interrupted run durably did.
         repair_rounds: re-reads of a query that came back short before it fails.
         expected_path: where the records must be (configured, or the last run's).
     """
@@ -280,30 +281,19 @@ class Paginator:
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
         concurrency: int | None = None,
-        skip: Mapping[str, frozenset[int]] | None = None,
-        known: Mapping[str, tuple[int | None, int | None]] | None = None,
+        resume: Mapping[str, Resume] | None = None,
         repair_rounds: int = 3,
         expected_path: str | None = None,
     ) -> None:
-        skip = skip or {}
-        known = known or {}
-        specs = list(queries)
+        resume = resume or {}
         self.client = client
         self.concurrency = concurrency or client.concurrency
         self.workers = 2 * self.concurrency
-
-        def plan_of(spec: QuerySpec) -> QueryPlan:
-            key = spec.key
-            done = skip.get(key, frozenset())
-            end, total = known.get(key, (None, None)) if done else (None, None)
-            return QueryPlan(spec, max_pages=max_pages, skip=done, end=end, total_pages=total)
-
-        # Started queries hold their pages until written: start no more than helps.
-        self.schedule = Schedule.of(
-            (plan_of(spec) for spec in specs),
-            max_opening=self.concurrency,
-            max_held=self.workers,
-        )
+        plans = [
+            QueryPlan.resuming(spec, resume.get(spec.key), max_pages=max_pages) for spec in queries
+        ]
+        self.plans_by_key = {plan.key: plan for plan in plans}
+        self.schedule = Schedule.of(plans, max_opening=self.concurrency)
         self.fatal: FetcherError | None = None
         self.requests = 0
         self.pages_ok = 0
@@ -365,53 +355,71 @@ class Paginator:
 
     async def _worker(self, send: MemoryObjectSendStream[Page], tg: TaskGroup) -> None:
         schedule = self.schedule
-        while True:
-            job = schedule.take()
-            if job is None:
-                if schedule.finished:
-                    self._notify()
+        try:
+            while True:
+                job = schedule.take()
+                if job is None:
+                    if schedule.finished:
+                        self._notify()
+                        return
+                    await self._changed.wait()
+                    continue
+                plan, number = job
+                if number is None:
+                    await self._finish_query(plan, send)
+                elif not await self._fetch(plan, number, send):
                     return
-                await self._changed.wait()
-                continue
-            plan, number = job
-            try:
-                page = await self.client.fetch_page(plan.spec, number)
-            except FetcherError as error:
-                self._count(max(error.attempts, 1))
-                plan.fail(number, error)
-                self._notify()
-                if self._is_fatal(error):
-                    self.stop(error)
-                    return
-                log.error(  # noqa: TRY400  (the error says it all; no traceback)
-                    "page.failed",
-                    query=plan.key,
-                    page=number,
-                    attempts=error.attempts,
-                    error=str(error),
-                )
-            else:
-                self._count(page.attempts)
-                self.pages_ok += 1
-                try:
-                    self._check_shape(page)
-                except ShapeError as error:
-                    self.stop(error)
-                    return
-                plan.complete(page)
-                self._notify()
-            if plan.finished and not plan.finalized:
-                held = len(plan.pages)  # until they are sent (see Schedule.max_held)
-                schedule.held += held
-                try:
-                    await self._finalize(plan, send)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    # The reader went away (the iterator was closed): stop quietly.
-                    tg.cancel_scope.cancel()
-                    return
-                finally:
-                    schedule.held -= held
-                    self._notify()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The reader went away (the iterator was closed): stop quietly.
+            tg.cancel_scope.cancel()
+
+    async def _fetch(
+        self, plan: QueryPlan, number: int, send: MemoryObjectSendStream[Page]
+    ) -> bool:
+        """Fetch one page and hand it to the writer; ``False`` when the run must stop."""
+        try:
+            page = await self.client.fetch_page(plan.spec, number)
+        except FetcherError as error:
+            self._count(max(error.attempts, 1))
+            plan.fail(number, error)
+            self._notify()
+            if self._is_fatal(error):
+                self.stop(error)
+                return False
+            log.error(  # noqa: TRY400  (the error says it all; no traceback)
+                "page.failed",
+                query=plan.key,
+                page=number,
+                attempts=error.attempts,
+                error=str(error),
+            )
+            return True
+        self._count(page.attempts)
+        self.pages_ok += 1
+        try:
+            self._check_shape(page)
+            if plan.complete(page):
+                await self._deliver(plan, plan.admit(page, user_id_field=self._user_id_field), send)
+        except ShapeError as error:
+            self.stop(error)
+            return False
+        finally:
+            self._notify()
+        return True
+
+    @property
+    def _user_id_field(self) -> str:
+        return self.client.shape.user_id_field
+
+    @staticmethod
+    async def _deliver(plan: QueryPlan, page: Page, send: MemoryObjectSendStream[Page]) -> None:
+        """Hand a page to the writer (waits while the stream is full: a slow sink sets the pace)."""
+        plan.unwritten += 1
+        try:
+            await send.send(page)
+        except BaseException:
+            plan.unwritten -= 1
+            raise
 
     def _check_shape(self, page: Page) -> None:
         """Hold every page to the shape of the run's first one (and of the last run).
@@ -448,50 +456,49 @@ class Paginator:
                     metrics=list(findings.missing_metrics),
                 )
 
-    async def _finalize(self, plan: QueryPlan, send: MemoryObjectSendStream[Page]) -> None:
-        """Check a finished query for users lost or repeated by paging, repair, deliver it."""
-        plan.finalized = True
-        field = self.client.shape.user_id_field
-        repairs: list[Page] = []
+    async def _finish_query(self, plan: QueryPlan, send: MemoryObjectSendStream[Page]) -> None:
+        """Every page of ``plan`` is back: re-read the users it is missing, then close it."""
         try:
-            outcome = consolidate(plan, user_id_field=field)
-            while outcome.shortfall and plan.repair_rounds < self.repair_rounds:
+            while plan.users_short() and plan.repair_rounds < self.repair_rounds:
                 plan.repair_rounds += 1
-                repairs.extend(await self._repair_read(plan, outcome.expected or 1))
-                outcome = consolidate(plan, user_id_field=field, extra=repairs)
+                for page in await self._repair_read(plan):
+                    await self._deliver(
+                        plan, plan.admit(page, user_id_field=self._user_id_field), send
+                    )
         except ShapeError as error:
             self.stop(error)
             return
         except FetcherError as error:
             log.error("query.repair_failed", query=plan.key, error=str(error))  # noqa: TRY400
-            outcome = consolidate(plan, user_id_field=field, extra=repairs)
-        plan.duplicates = outcome.duplicates
-        plan.shortfall = outcome.shortfall
-        plan.missing_users = outcome.missing_requested if outcome.shortfall else ()
-        if outcome.duplicates or plan.repair_rounds:
+        plan.shortfall = plan.users_short()
+        plan.missing_users = plan.missing_users_now() if plan.shortfall else ()
+        plan.finalized = True
+        self._notify()
+        if plan.duplicates or plan.repair_rounds:
             log.warning(
                 "query.consolidated",
                 query=plan.key,
-                duplicates_dropped=outcome.duplicates,
+                duplicates_dropped=plan.duplicates,
                 repair_rounds=plan.repair_rounds,
-                shortfall=outcome.shortfall,
+                shortfall=plan.shortfall,
             )
-        pages = deliverable(plan, outcome, repairs)
-        plan.pages.clear()  # hand the memory back before the writer takes over
-        if pages:
-            pages[-1] = replace(pages[-1], last_of_query=True)
-        for page in pages:
-            await send.send(page)
 
-    async def _repair_read(self, plan: QueryPlan, expected: int) -> list[Page]:
-        """Read the whole query again in as few pages as the API allows.
+    async def _repair_read(self, plan: QueryPlan) -> list[Page]:
+        """Ask for exactly the users ``plan`` is missing, in as few pages as the API allows.
 
-        One page of up to 1,000 rows is one consistent snapshot, so the users
-        that moved between the original pages are all in it.
+        One page of up to 1,000 rows is one consistent snapshot. If every
+        requested user is in already (the API counts users it was not asked
+        for), the whole query is read again instead.
         """
-        spec = plan.spec.model_copy(update={"page_size": MAX_PAGE_SIZE})
+        missing = plan.missing_users_now()
+        if missing:
+            spec = plan.spec.model_copy(update={"user_ids": missing, "page_size": MAX_PAGE_SIZE})
+            wanted = len(missing)
+        else:
+            spec = plan.spec.model_copy(update={"page_size": MAX_PAGE_SIZE})
+            wanted = plan.expected or 1
         pages = []
-        for number in range(1, max(1, -(-expected // MAX_PAGE_SIZE)) + 1):
+        for number in range(1, max(1, -(-wanted // MAX_PAGE_SIZE)) + 1):
             page = await self.client.fetch_page(spec, number)
             self._count(page.attempts)
             self.repair_requests += page.attempts
@@ -504,6 +511,8 @@ class Paginator:
                     repair=True,
                 )
             )
+            if len(page.records) < MAX_PAGE_SIZE:
+                break
         return pages
 
     def _count(self, attempts: int) -> None:
@@ -521,7 +530,7 @@ class Paginator:
             pages_done += done
             missing = len(plan.missing)
             failed += missing
-            if plan.finished:
+            if plan.finalized:
                 finished += 1
             total = plan.end if plan.end is not None else plan.total_pages
             if total is None:
@@ -569,7 +578,7 @@ class Paginator:
             for number, error in plan.missing.items()
         ]
         failed_queries = [plan.key for plan in plans if plan.query_failed]
-        unfinished = [plan.key for plan in plans if not plan.finished]
+        unfinished = [plan.key for plan in plans if not plan.finalized]
         incomplete = [
             IncompleteQuery(
                 query=plan.key,
@@ -642,6 +651,9 @@ class Paginator:
 
     def written(self, page: Page) -> None:
         """Count a page the sink has written (re-read pages count as requests, not pages)."""
+        plan = self.plans_by_key.get(page.query.key)
+        if plan is not None:
+            plan.unwritten -= 1
         if not page.repair:
             self.pages_written += 1
         self.records_written += len(page.records)
@@ -772,8 +784,7 @@ async def export(
             client,
             specs,
             max_pages=max_pages,
-            skip=checkpoint.done_pages() if checkpoint else None,
-            known=checkpoint.known_ends() if checkpoint else None,
+            resume=checkpoint.resume() if checkpoint else None,
             expected_path=expected_path or client.shape.records_path,
             repair_rounds=repair_rounds,
         )
@@ -830,17 +841,16 @@ async def _watch(watch: Watcher, paginator: Paginator) -> None:
 
 
 async def _write(
-    sink: Sink, page: Page, checkpoint: Checkpointer | None, plans: list[QueryPlan]
+    sink: Sink, page: Page, paginator: Paginator, checkpoint: Checkpointer | None
 ) -> FetcherError | None:
     """Write one page (and checkpoint when due); return the error that stops the run, if any."""
     try:
         await sink.write(page)
+        paginator.written(page)
         if checkpoint is not None:
-            checkpoint.written(page)
-            # Only whole queries are checkpointed: a query is consolidated as a
-            # whole, so a resumed run must never hold half of one.
-            if page.last_of_query and checkpoint.due():
-                await checkpoint.commit(sink, plans)
+            checkpoint.written(page, user_id_field=paginator.client.shape.user_id_field)
+            if checkpoint.due():
+                await checkpoint.commit(sink, paginator.schedule.plans)
     except FetcherError as exc:
         return exc
     except Exception as exc:  # any sink failure stops the run
@@ -874,11 +884,10 @@ async def _export(
                 tg.start_soon(_watch, watch, paginator)
             async with receive:
                 async for page in receive:
-                    sink_error = await _write(sink, page, checkpoint, plans)
+                    sink_error = await _write(sink, page, paginator, checkpoint)
                     if sink_error is not None:
                         paginator.stop(sink_error)
                         break
-                    paginator.written(page)
                     log.info(
                         "page.written",
                         query=page.query.key,
