@@ -22,7 +22,15 @@ it, see ``[tool.importlinter]`` in ``pyproject.toml``)::
     models.py   Page and the response's shape;  spec.py: QuerySpec;  dates.py;  files.py
     errors.py   FetcherError and its tree
     simulator/  the API's stand-in: imports nothing of the above
+
+Names are loaded on first use (PEP 562), so ``import fetcher`` and the
+command line's ``--help`` do not pay for the HTTP stack or the sinks' libraries.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Final
 
 from fetcher._version import __version__
 from fetcher.errors import (
@@ -34,21 +42,58 @@ from fetcher.errors import (
     SinkError,
     TransportError,
 )
-from fetcher.http.limiter import Rate
-from fetcher.http.retry import RetryPolicy
-from fetcher.models import Page
-from fetcher.run.client import Client
-from fetcher.run.pool import PageStream, RunSnapshot, RunSummary, export
-from fetcher.sinks import (
-    CsvSink,
-    DuckDBSink,
-    JsonlSink,
-    MemorySink,
-    ParquetSink,
-    PostgresSink,
-    Sink,
-)
-from fetcher.spec import QuerySpec, SpecError
+
+if TYPE_CHECKING:
+    from fetcher.http.limiter import Rate
+    from fetcher.http.retry import RetryPolicy
+    from fetcher.models import Page
+    from fetcher.run.client import Client
+    from fetcher.run.pool import PageStream, RunSnapshot, RunSummary, export
+    from fetcher.sinks import (
+        CsvSink,
+        DuckDBSink,
+        JsonlSink,
+        MemorySink,
+        ParquetSink,
+        PostgresSink,
+        Sink,
+    )
+    from fetcher.spec import QuerySpec, SpecError
+
+#: Where each lazily loaded name lives.
+_HOMES: Final = {
+    "Rate": "fetcher.http.limiter",
+    "RetryPolicy": "fetcher.http.retry",
+    "Page": "fetcher.models",
+    "Client": "fetcher.run.client",
+    "PageStream": "fetcher.run.pool",
+    "RunSnapshot": "fetcher.run.pool",
+    "RunSummary": "fetcher.run.pool",
+    "export": "fetcher.run.pool",
+    "CsvSink": "fetcher.sinks",
+    "DuckDBSink": "fetcher.sinks",
+    "JsonlSink": "fetcher.sinks",
+    "MemorySink": "fetcher.sinks",
+    "ParquetSink": "fetcher.sinks",
+    "PostgresSink": "fetcher.sinks",
+    "Sink": "fetcher.sinks",
+    "QuerySpec": "fetcher.spec",
+    "SpecError": "fetcher.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fetcher' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "APIError",

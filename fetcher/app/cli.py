@@ -37,14 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
-import anyio
-import structlog
-
 from fetcher._version import __version__
-from fetcher.app.job import run_job
-from fetcher.app.logs import LogFormat, RedactSecrets, configure_logging
-from fetcher.app.progress import ProgressDisplay, current_stderr, wants_progress
-from fetcher.app.settings import ExportSettings, load_settings, resolve_api_key
 from fetcher.errors import (
     AuthError,
     ConfigError,
@@ -61,16 +54,20 @@ from fetcher.errors import (
     TLSError,
 )
 from fetcher.files import write_atomically
-from fetcher.run.pool import RunSummary, Watcher
-from fetcher.sinks import Sink
-from fetcher.sinks.postgres import dsn_secrets
 
+# What a command needs is loaded when it runs, not for `--help` or a usage
+# error: settings (pydantic), logging (structlog), the run (aiohttp, anyio),
+# the sinks' libraries. `tests/test_startup.py` holds this.
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-__all__ = ["ExitCode", "actionable", "main"]
+    from fetcher.app.logs import LogFormat
+    from fetcher.app.progress import ProgressDisplay
+    from fetcher.app.settings import ExportSettings
+    from fetcher.run.pool import RunSummary, Watcher
+    from fetcher.sinks import Sink
 
-log = structlog.get_logger("fetcher.app.cli")
+__all__ = ["ExitCode", "actionable", "main"]
 
 
 class ExitCode(enum.IntEnum):
@@ -298,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that are settings (``--fresh``, ``--debug``, ... are the command's own)."""
+    from fetcher.app.settings import ExportSettings  # noqa: PLC0415  (see the imports)
+
     return {
         name: value
         for name, value in vars(args).items()
@@ -390,6 +389,11 @@ async def run_export(
     Raises:
         ConfigError: for input that can only be checked now (users file, key, output).
     """
+    import structlog  # noqa: PLC0415  (see the imports)
+
+    from fetcher.app.job import run_job  # noqa: PLC0415
+
+    log = structlog.get_logger("fetcher.app.cli")
     outcome = await run_job(settings, fresh=fresh, watch=watch, key=key)
     summary, error = outcome.summary, outcome.error
     if settings.report is not None:
@@ -480,6 +484,8 @@ def _setup_logging(
         settings.log_level if settings and "log_level" in settings.model_fields_set else None
     )
     level = "debug" if args.debug else (chosen or ("warning" if calm else "info"))
+    from fetcher.app.logs import configure_logging  # noqa: PLC0415  (see the imports)
+
     configure_logging(fmt=fmt, level=level, secrets=secrets, debug=args.debug, stream=stream)
 
 
@@ -490,6 +496,8 @@ def _secrets_from_env() -> list[str]:
 
 def _progress(args: argparse.Namespace, settings: ExportSettings | None) -> ProgressDisplay | None:
     """The live display, if this run should have one (see :mod:`fetcher.app.progress`)."""
+    from fetcher.app.progress import ProgressDisplay, wants_progress  # noqa: PLC0415
+
     if wants_progress(quiet=args.quiet, log_format=_log_format(args, settings)):
         return ProgressDisplay()
     return None
@@ -497,6 +505,7 @@ def _progress(args: argparse.Namespace, settings: ExportSettings | None) -> Prog
 
 async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     from fetcher.app.demo import run_demo  # noqa: PLC0415  (keeps the simulator off the export path)
+    from fetcher.app.progress import current_stderr  # noqa: PLC0415
 
     display = _progress(args, None)
     _setup_logging(
@@ -541,8 +550,12 @@ async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode
 async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     if args.command == "demo":
         return await _demo(args, secrets)
+    from fetcher.app.settings import load_settings, resolve_api_key  # noqa: PLC0415
+
     settings = load_settings(_flags(args), config_file=args.config)
     if settings.postgres_dsn is not None:
+        from fetcher.sinks.postgres import dsn_secrets  # noqa: PLC0415  (see the imports)
+
         secrets.extend(dsn_secrets(settings.postgres_dsn.get_secret_value()))
     # A key file is read once, here: its value must be known to the log redaction
     # before logging starts, and the commands use this same key (one read, one
@@ -558,6 +571,8 @@ async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     if args.command == "check":
         _setup_logging(args, settings, secrets, calm=True)
         return await _check(settings, key=key)
+    from fetcher.app.progress import current_stderr  # noqa: PLC0415  (see the imports)
+
     display = _progress(args, settings)
     _setup_logging(
         args,
@@ -583,6 +598,10 @@ def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error becomes one actionable line and an exit code."""
     # Until settings are loaded, log plainly (and never the key). _main adds
     # the secrets it learns (a key file, a DSN) to this list.
+    import anyio  # noqa: PLC0415  (see the imports)
+
+    from fetcher.app.logs import configure_logging  # noqa: PLC0415
+
     secrets = _secrets_from_env()
     configure_logging(fmt=args.log_format or "console", secrets=secrets)
     try:
@@ -623,4 +642,6 @@ def _describe_failure(exc: Exception, *, debug: bool) -> tuple[str, ExitCode]:
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
     """``text`` with every secret replaced, by the same processor that cleans the logs."""
+    from fetcher.app.logs import RedactSecrets  # noqa: PLC0415  (see the imports)
+
     return str(RedactSecrets(secrets)(None, "print", {"text": text})["text"])

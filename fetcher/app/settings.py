@@ -51,7 +51,7 @@ from pydantic_settings import (
 
 from fetcher.dates import day_end, day_start, parse_slice, resolve_window, split_window
 from fetcher.errors import ConfigError
-from fetcher.http.client import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
+from fetcher.http.defaults import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
 from fetcher.http.limiter import Rate
 from fetcher.spec import (
     DEFAULT_PAGE_SIZE,

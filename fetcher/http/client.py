@@ -38,7 +38,15 @@ from fetcher.errors import (
     ServerError,
     ShapeError,
 )
-from fetcher.http.limiter import Limiter, Rate, one_second_of
+from fetcher.http.defaults import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    MAX_DEFAULT_CONCURRENCY,
+    TEAM_MEMBERS_PATH,
+    TEAM_STATS_PATH,
+    default_concurrency,
+)
+from fetcher.http.limiter import Limiter, Rate
 from fetcher.http.retry import RetryPolicy, parse_retry_after
 from fetcher.http.shared import SharedWindow, shared_key
 from fetcher.http.timeouts import AdaptiveTimeout
@@ -62,33 +70,9 @@ __all__ = [
     "default_concurrency",
 ]
 
-DEFAULT_BASE_URL: Final = "https://open-api.saleshandy.com"
-TEAM_STATS_PATH: Final = "/v1/analytics/team/stats"
-TEAM_MEMBERS_PATH: Final = "/v1/user/team-member-list"
 _USER_AGENT: Final = f"fetcher/{__version__}"
-DEFAULT_CONCURRENCY: Final = 16
-#: The most requests in flight a configured rate raises the default to.
-MAX_DEFAULT_CONCURRENCY: Final = 64
 
 log = structlog.get_logger("fetcher.http.client")
-
-
-def default_concurrency(rate: Rate | None) -> int:
-    """Requests in flight when none is asked for: 16, or one second of a configured rate.
-
-    A rate such as ``40/1s`` says the API takes 40 requests in any second, so
-    they may go at once; with 16 in flight the last of them wait for two more
-    round trips at every window's edge (on a 200-page run at 40/s and 150 ms,
-    0.87-0.88 of the rate used instead of 0.94). So the default rises to what
-    the rate allows in one second, at most its window and at most
-    :data:`MAX_DEFAULT_CONCURRENCY`, and is never lowered. A slow rate
-    (``30/min``, ``20/2s``) keeps 16: a round trip or two at the edge of a
-    long window costs little, and every request in flight costs a connection,
-    two workers and buffered pages.
-    """
-    if rate is None:
-        return DEFAULT_CONCURRENCY
-    return min(max(one_second_of(*rate.window), DEFAULT_CONCURRENCY), MAX_DEFAULT_CONCURRENCY)
 
 
 def _snippet(content: bytes, secret: str, limit: int = 300) -> str:

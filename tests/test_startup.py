@@ -1,0 +1,78 @@
+"""Start-up loads what a command needs: `--help` and a usage error load no HTTP stack or sink."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fetcher
+
+#: Runs the CLI in a fresh interpreter and prints which modules it loaded.
+PROBE = """
+import json, sys
+from fetcher.app.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": int(code), "modules": sorted(sys.modules)}))
+"""
+
+#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's).
+HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock")
+
+
+def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    last = result.stdout.strip().splitlines()[-1]
+    data = json.loads(last)
+    return data["code"], set(data["modules"])
+
+
+def roots(modules: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in modules}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["export", "--help"]])
+def test_help_loads_nothing_but_the_parser(tmp_path: Path, argv: list[str]) -> None:
+    """`fetcher --help` and a command's help load no settings, logging, HTTP stack or sink."""
+    code, modules = loaded(*argv, cwd=tmp_path)
+    assert code == 0
+    assert not roots(modules) & {*HEAVY, "pydantic", "structlog", "anyio"}
+    assert not {
+        m for m in modules if m.startswith(("fetcher.sinks", "fetcher.run", "fetcher.http"))
+    }
+
+
+def test_a_usage_error_loads_no_http_stack_sink_or_display(tmp_path: Path) -> None:
+    """A bad option is reported (exit 2) before aiohttp, a sink or the progress display loads."""
+    code, modules = loaded("export", "--page-size", "0", "--out", "x.jsonl", cwd=tmp_path)
+    assert code == 2
+    assert not roots(modules) & set(HEAVY)
+    assert "fetcher.app.progress" not in modules
+    assert not {m for m in modules if m.startswith(("fetcher.sinks", "fetcher.run"))}
+
+
+def test_import_fetcher_loads_names_on_first_use(tmp_path: Path) -> None:
+    """`import fetcher` is cheap; a name loads its module when first used, and works."""
+    probe = (
+        "import sys, fetcher\n"
+        "before = 'aiohttp' in sys.modules or 'pydantic' in sys.modules\n"
+        "client = fetcher.Client\n"
+        "print(before, 'aiohttp' in sys.modules, client.__module__, 'Client' in dir(fetcher))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True", "fetcher.run.client", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'Paginator'"):
+        _ = fetcher.Paginator
