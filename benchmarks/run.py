@@ -1,6 +1,6 @@
 """Every benchmark of the project in one command, each scenario on its own simulator.
 
-    python -m benchmarks.run [--scenario a,b,...,i] [--quick] [--profile] [--fetcher-root PATH]
+    python -m benchmarks.run [--scenario a,b,...,j] [--quick] [--profile] [--fetcher-root PATH]
 
 Each scenario starts ``python -m fetcher.simulator`` on a free local port and
 runs its contenders one after another against that same server and dataset,
@@ -32,6 +32,14 @@ fast but wrong contender cannot win.
     See :mod:`benchmarks.bench_limits`. ``--fetcher-root PATH`` runs them with
     the fetcher of another tree (an older commit's worktree) against this
     tree's simulator.
+(j) pages streamed to the sink: peak RSS of ONE query of 1,000 pages (10,000 users,
+    ``--user-batch-size 10000``, page size 10) against ONE of 100 pages, no latency;
+    and the time from process start to the first record in the output's
+    ``.partial`` file for one query of 200 pages at 150 ms latency, from the
+    simulator's first request too, in round trips and as a share of the whole run.
+    Targets: at most 20% more peak RSS at 1,000 pages than at 100; the first record
+    within 1.5 round trips of the first request. See :mod:`benchmarks.bench_streaming`;
+    ``--fetcher-root PATH`` applies as to (e)-(i).
 
 ``--quick`` runs small versions of every scenario (a smoke test; the targets
 are shown but mean nothing at that size). The dlt contender is skipped when
@@ -51,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import bench_limits
+from benchmarks import bench_limits, bench_streaming
 from benchmarks._harness import (
     KEY,
     Measured,
@@ -528,9 +536,11 @@ SCENARIOS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
     "d": scenario_d,
     # Rate limits in the wild (issue 14): see benchmarks.bench_limits.
     **bench_limits.SCENARIOS,
+    # Pages streamed to the sink: see benchmarks.bench_streaming.
+    **bench_streaming.SCENARIOS,
 }
 #: The scenarios that can run another tree's fetcher (``--fetcher-root``).
-ROOTED: Final = frozenset(bench_limits.SCENARIOS)
+ROOTED: Final = frozenset(bench_limits.SCENARIOS) | frozenset(bench_streaming.SCENARIOS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -545,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--fetcher-root",
         type=Path,
         metavar="PATH",
-        help="(e)-(i): run the fetcher of the tree at PATH (PYTHONPATH=PATH) against this "
+        help="(e)-(j): run the fetcher of the tree at PATH (PYTHONPATH=PATH) against this "
         "tree's simulator, e.g. a git worktree of an older commit",
     )
     args = parser.parse_args(argv)
@@ -557,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not (args.fetcher_root / "fetcher" / "__init__.py").is_file():
             parser.error(f"--fetcher-root {args.fetcher_root}: no fetcher/__init__.py there")
         if unrooted := [s for s in chosen if s not in ROOTED]:
-            parser.error(f"--fetcher-root applies to (e)-(i), not to ({unrooted[0]})")
+            parser.error(f"--fetcher-root applies to (e)-(j), not to ({unrooted[0]})")
     fetcher_under_test = FetcherUnderTest(args.fetcher_root)
     sizes = QUICK if args.quick else FULL
     info = machine()

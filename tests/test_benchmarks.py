@@ -81,3 +81,30 @@ def test_pages_of_pages_each_user_batch_on_its_own() -> None:
     assert pages_of(2500, 10) == 250
     assert pages_of(2005, 10) == 201
     assert pages_of(50_000, 1000, batch=1000) == 50
+
+
+@pytest.mark.slow
+def test_quick_scenario_j_streams_pages_and_emits_its_bench_line() -> None:
+    """`python -m benchmarks.run --quick --scenario j` measures both figures of a whole output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenario", "j"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(j1) memory" in result.stdout
+    assert "(j2) time to first page written" in result.stdout
+    [line] = bench_lines(result.stdout)
+    assert line["benchmark"] == "scenario_j"
+    memory, first = line["memory"], line["first_page"]
+    assert memory["complete"]
+    assert memory["peak_rss_mb"]["small"] > 0
+    assert memory["peak_rss_mb"]["large"] > 0
+    assert first["complete"]
+    for run in (*memory["runs"], *first["runs"]):
+        assert run["records"] == run["expected"], run
+    # The first record was seen in the .partial file, after the first request.
+    assert 0 < first["to_first_request_s"] < first["to_first_record_s"] < first["wall_s"]
