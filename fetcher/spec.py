@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from fetcher import defaults
 from fetcher.errors import ConfigError
 
 __all__ = [
@@ -85,7 +86,7 @@ METRICS_BY_TYPE: Final[dict[str, tuple[str, ...]]] = {
 DEFAULT_ORDER_BY: Final[dict[str, str]] = {"prospect": "prospectAdded", "email": "emailSent"}
 
 #: Records per page when none is given (the value one public integration uses).
-DEFAULT_PAGE_SIZE: Final = 50
+DEFAULT_PAGE_SIZE: Final = defaults.PAGE_SIZE
 
 #: The largest page size fetcher will ask for. The API publishes no maximum;
 #: 1,000 rows of a few dozen fields is about 0.5 MB per response.

@@ -11,6 +11,7 @@ from fetcher.app.cli import ExitCode, actionable
 from fetcher.errors import (
     AuthError,
     ConnectionLostError,
+    FetcherError,
     PageRef,
     RequestTimeoutError,
     ServerError,
@@ -115,3 +116,25 @@ async def test_traceback_only_with_debug_and_never_with_the_key(
     assert "a bug that mentions the key ***" in err
     assert ("Traceback (most recent call last)" in err) is debug
     assert ("run with --debug" in err) is not debug
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AuthError("the API refused the request (HTTP 401)", status=401, page=REF),
+        RequestTimeoutError("no response within the timeout", page=REF),
+    ],
+    ids=["bad-key", "timeout"],
+)
+def test_check_and_an_export_give_the_same_advice(error: FetcherError) -> None:
+    """One table of advice: `fetcher check` and an export's error line say the same fix."""
+    from fetcher.app.advice import what_to_do  # noqa: PLC0415
+    from fetcher.app.check import classify  # noqa: PLC0415
+
+    checked = classify(error, base_url="https://open-api.saleshandy.com", timeout=30)
+    line = actionable(error)
+    fix = what_to_do(error, situation="check")
+    assert fix
+    assert fix in checked.message
+    assert fix in line  # the export's line adds "then run the same command again" to it
+    assert "run the same command again" not in checked.message

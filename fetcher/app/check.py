@@ -29,13 +29,13 @@ server sent them, so one run shows the limit an export will live under.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+from fetcher.app.advice import os_error, what_to_do
 from fetcher.app.connect import Observed, open_api
 from fetcher.app.settings import ExportSettings
 from fetcher.dates import resolve_window
@@ -101,88 +101,50 @@ def _limits(observed: list[Observed]) -> str:
     return ", ".join(parts)
 
 
-def _os_error(error: FetcherError) -> BaseException | None:
-    """The operating system's (or ssl's) error under the transport's, if any."""
-    cause = error.__cause__
-    found = getattr(cause, "os_error", None) or cause
-    return found if isinstance(found, BaseException) else None
-
-
 def _reason(error: ConnectError) -> str:
     """Why the connection failed, in the system's words: "Connection refused", ..."""
-    os_error = _os_error(error)
-    number = getattr(os_error, "errno", None)
+    under = os_error(error)
+    number = getattr(under, "errno", None)
     if isinstance(number, int) and number > 0:
         return os.strerror(number)
-    return str(getattr(os_error, "strerror", None) or os_error or error.message)
-
-
-def _tls_advice(error: TLSError) -> str:
-    """What went wrong in the handshake, and what to do about it."""
-    os_error = _os_error(error)
-    reason = str(getattr(os_error, "reason", None) or "")
-    detail = str(getattr(os_error, "verify_message", None) or "")
-    if reason == "WRONG_VERSION_NUMBER":
-        return (
-            "the server there does not speak TLS; use http:// for a plain-HTTP server, "
-            "or the https port"
-        )
-    if reason == "CERTIFICATE_VERIFY_FAILED":
-        return (
-            f"its certificate is not trusted ({detail or 'verification failed'}); check the "
-            "host name in --base-url and the system's CA certificates"
-        )
-    said = reason or str(os_error or error.message)
-    return f"{said}; check the host name in --base-url, its port, and the system's CA certificates"
+    return str(getattr(under, "strerror", None) or under or error.message)
 
 
 def classify(error: FetcherError, *, base_url: str, timeout: float) -> CheckResult:
-    """One plain sentence, with what to do, for the error the check request got."""
+    """One plain sentence for the error the check request got: what happened, what to do.
+
+    What to do comes from :func:`fetcher.app.advice.what_to_do`, the advice an
+    export's error line gives too.
+    """
     where = host_port(base_url)
+    advice = what_to_do(error, situation="check")
     status: CheckStatus
     if isinstance(error, AuthError):
         status = "bad_key"
-        message = (
-            f"bad key: {base_url} refused the API key (HTTP {error.status}). Set "
-            "SALESHANDY_API_KEY (or --api-key-file) to a current Saleshandy Open API key; "
-            "if the key is right, check that --base-url is the Saleshandy API"
-        )
+        message = f"bad key: {base_url} refused the API key (HTTP {error.status}). {advice}"
     elif isinstance(error, TLSError):
         status = "tls"
-        message = f"TLS failed with {where}: {_tls_advice(error)}"
-    elif isinstance(error, ConnectError) and isinstance(_os_error(error), socket.gaierror):
+        message = f"TLS failed with {where}: {advice}"
+    elif isinstance(error, ConnectError) and isinstance(os_error(error), socket.gaierror):
         status = "unreachable"
-        message = (
-            f"unknown host: cannot resolve {urlsplit(base_url).hostname} ({_reason(error)}). "
-            "Check the host name in --base-url, and this machine's network and DNS"
-        )
+        host = urlsplit(base_url).hostname
+        message = f"unknown host: cannot resolve {host} ({_reason(error)}). {advice}"
     elif isinstance(error, ConnectError):
         status = "unreachable"
         elsewhere = (
-            "check this machine's network and firewall"
-            if base_url == DEFAULT_BASE_URL
-            else f"the Saleshandy API is {DEFAULT_BASE_URL}"
+            "" if base_url == DEFAULT_BASE_URL else f"; the Saleshandy API is {DEFAULT_BASE_URL}"
         )
         message = (
-            f"wrong host or port: cannot connect to {where} ({_reason(error)}). "
-            f"Check the host and port in --base-url; {elsewhere}"
+            f"wrong host or port: cannot connect to {where} ({_reason(error)}). {advice}{elsewhere}"
         )
     elif isinstance(error, RequestTimeoutError):
         status = "timeout"
-        message = (
-            f"no answer from {where} within {timeout:g} s. Check --base-url and the "
-            "network, or raise --timeout"
-        )
+        message = f"no answer from {where} within {timeout:g} s. {advice}"
     elif isinstance(error, RateLimitedError):
         status = "rate_limited"
-        wait = (
-            f"retry after {math.ceil(error.retry_after)} s"
-            if error.retry_after is not None and error.retry_after > 0
-            else "retry in a minute"
-        )
         message = (
             f"rate-limited right now: {base_url} refused the request for its rate limit "
-            f"(HTTP {error.status}); {wait}. An export would wait for it"
+            f"(HTTP {error.status}); {advice}"
         )
     else:
         status = "error"

@@ -30,30 +30,20 @@ import contextlib
 import enum
 import json
 import os
-import re
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from fetcher import defaults
 from fetcher._version import __version__
+from fetcher.app.advice import actionable
 from fetcher.errors import (
     AuthError,
     ConfigError,
-    ConnectError,
-    ConnectionLostError,
     FetcherError,
-    RateLimitedError,
-    RequestRejectedError,
-    RequestTimeoutError,
-    ResponseError,
-    ResponseTooLargeError,
-    ServerError,
-    SinkError,
-    TLSError,
 )
-from fetcher.files import write_atomically
 
 # What a command needs is loaded when it runs, not for `--help` or a usage
 # error: settings (pydantic), logging (structlog), the run (aiohttp, anyio),
@@ -90,9 +80,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output and logging")
-    group.add_argument("--log-format", choices=["console", "json"], help="log format (console)")
     group.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="lowest level (info)"
+        "--log-format", choices=["console", "json"], help=f"log format ({defaults.LOG_FORMAT})"
+    )
+    group.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help=f"lowest level ({defaults.LOG_LEVEL})",
     )
     group.add_argument(
         "--debug", action="store_true", help="show tracebacks and debug logs on errors"
@@ -101,7 +95,7 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
     api = parser.add_argument_group("the API")
-    api.add_argument("--base-url", help="API base URL (https://open-api.saleshandy.com)")
+    api.add_argument("--base-url", help=f"API base URL ({defaults.BASE_URL})")
     api.add_argument(
         "--api-key-file",
         type=Path,
@@ -128,7 +122,9 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="every team member, from GET /v1/user/team-member-list",
     )
     query.add_argument(
-        "--user-batch-size", type=int, help="users per query; longer lists are split (1000)"
+        "--user-batch-size",
+        type=int,
+        help=f"users per query; longer lists are split ({defaults.USER_BATCH_SIZE})",
     )
     query.add_argument("--start", help="window start: YYYY-MM-DD or ISO 8601 datetime")
     query.add_argument("--end", help="window end: YYYY-MM-DD (through 23:59:59.999) or datetime")
@@ -140,18 +136,25 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     query.add_argument(
         "--slice", help="one query per day, week or month of the window (default: none)"
     )
-    query.add_argument("--timezone", help="IANA zone for days, slices and relative windows (UTC)")
-    query.add_argument("--type", help="report type: prospect, email, or prospect,email")
-    query.add_argument("--count-by", help="relative or absolute (absolute)")
+    query.add_argument(
+        "--timezone", help=f"IANA zone for days, slices and relative windows ({defaults.TIMEZONE})"
+    )
+    query.add_argument(
+        "--type", help=f"report type: prospect, email, or prospect,email ({defaults.TYPE})"
+    )
+    query.add_argument("--count-by", help=f"relative or absolute ({defaults.COUNT_BY})")
     query.add_argument("--order-by", help="metric to sort by (prospectAdded / emailSent)")
-    query.add_argument("--sort-order", help="asc or desc (desc)")
-    query.add_argument("--page-size", type=int, help="records per page, 1-1000 (50)")
+    query.add_argument("--sort-order", help=f"asc or desc ({defaults.SORT_ORDER})")
+    query.add_argument(
+        "--page-size", type=int, help=f"records per page, 1-1000 ({defaults.PAGE_SIZE})"
+    )
 
     fetch = parser.add_argument_group("fetching")
     fetch.add_argument(
         "--concurrency",
         type=int,
-        help="pages fetched at once (16; with a fast --rate-limit, one second of it, at most 64)",
+        help=f"pages fetched at once ({defaults.CONCURRENCY}; with a fast --rate-limit, one second "
+        f"of it, at most {defaults.MAX_DEFAULT_CONCURRENCY})",
     )
     fetch.add_argument("--rate-limit", help="request ceiling, e.g. 30/min or 10/s (none)")
     fetch.add_argument(
@@ -160,23 +163,37 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="redis://HOST:PORT/DB: share one rate-limit budget with every process on this "
         "key and host (none)",
     )
-    fetch.add_argument("--timeout", type=float, help="seconds per request (30)")
-    fetch.add_argument("--max-attempts", type=int, help="tries per page, retries included (6)")
-    fetch.add_argument("--max-pages", type=int, help="most pages one query may have (10000)")
-    fetch.add_argument("--records-path", help="dotted path to the record list (auto-detected)")
-    fetch.add_argument("--user-id-field", help="the record field holding the user id (userId)")
     fetch.add_argument(
-        "--max-body-bytes", type=int, help="refuse responses larger than this (16 MiB)"
+        "--timeout", type=float, help=f"seconds per request ({defaults.TIMEOUT_S:g})"
+    )
+    fetch.add_argument(
+        "--max-attempts",
+        type=int,
+        help=f"tries per page, retries included ({defaults.MAX_ATTEMPTS})",
+    )
+    fetch.add_argument(
+        "--max-pages", type=int, help=f"most pages one query may have ({defaults.MAX_PAGES})"
+    )
+    fetch.add_argument("--records-path", help="dotted path to the record list (auto-detected)")
+    fetch.add_argument(
+        "--user-id-field", help=f"the record field holding the user id ({defaults.USER_ID_FIELD})"
+    )
+    fetch.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help=f"refuse responses larger than this ({defaults.MAX_BODY_BYTES // 2**20} MiB)",
     )
     fetch.add_argument(
         "--max-retry-after",
         type=float,
-        help="longest Retry-After waited for; a page asked to wait longer gives up (300)",
+        help="longest Retry-After waited for; a page asked to wait longer gives up "
+        f"({defaults.MAX_RETRY_AFTER_S:g})",
     )
     fetch.add_argument(
         "--repair-rounds",
         type=int,
-        help="re-reads of a query whose users did not all arrive before it fails (3)",
+        help="re-reads of a query whose users did not all arrive before it fails "
+        f"({defaults.REPAIR_ROUNDS})",
     )
 
     out = parser.add_argument_group("results")
@@ -190,7 +207,7 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="jsonl, csv, parquet, duckdb or postgres (default: from --out); postgres reads "
         "its connection string from FETCHER_POSTGRES_DSN or postgres_dsn in --config",
     )
-    out.add_argument("--table", help="table for database sinks (team_stats)")
+    out.add_argument("--table", help=f"table for database sinks ({defaults.TABLE})")
     out.add_argument("--report", type=Path, help="write a JSON run report here")
 
     state = parser.add_argument_group("checkpoints and resume")
@@ -209,7 +226,9 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
         help="start after the last window this job completed (see the state file)",
     )
     state.add_argument(
-        "--checkpoint-interval", type=float, help="seconds between checkpoints (1.0)"
+        "--checkpoint-interval",
+        type=float,
+        help=f"seconds between checkpoints ({defaults.CHECKPOINT_INTERVAL_S})",
     )
 
 
@@ -304,12 +323,6 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_report(path: Path, summary: RunSummary, **extra: Any) -> None:
-    """Write the run report atomically (a reader never sees half a report)."""
-    data = {**summary.to_dict(), **extra, "fetcher_version": __version__}
-    write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr)  # noqa: T201  (the CLI's own voice)
 
@@ -320,53 +333,6 @@ def _exit_code_for(error: FetcherError) -> ExitCode:
     if isinstance(error, AuthError):
         return ExitCode.AUTH
     return ExitCode.FAILED
-
-
-#: What to do about each kind of error, for messages that do not say it already
-#: (most specific class first).
-_HINTS: Final[tuple[tuple[type[FetcherError], str], ...]] = (
-    (AuthError, "check SALESHANDY_API_KEY or --api-key-file, and --base-url"),
-    (TLSError, "check the host name in --base-url and the system's CA certificates"),
-    (ConnectError, "check --base-url and the network (`fetcher check` tests both)"),
-    (
-        RequestTimeoutError,
-        "raise --timeout if the API is slow, or check the network; then run the same "
-        "command again to fetch what is missing",
-    ),
-    (ConnectionLostError, "run the same command again to fetch what is missing"),
-    (ResponseTooLargeError, "use a smaller --page-size"),
-    (
-        RateLimitedError,
-        "lower --rate-limit or --concurrency, or run the same command again later",
-    ),
-    (
-        ServerError,
-        "the API is failing; run the same command again later to fetch what is missing",
-    ),
-    (
-        RequestRejectedError,
-        "check the query options (--type, --order-by, --count-by, the dates); "
-        "`fetcher plan` shows the queries",
-    ),
-    (ResponseError, "if the records are elsewhere in the response, name them with --records-path"),
-    (SinkError, "check that the output can be written (path, permissions, free space)"),
-)
-
-#: A message that names a flag or says what to do needs no hint.
-_SAYS_WHAT_TO_DO: Final = re.compile(
-    r"--|\b(check|use|set|pass|run|close|choose|swap|raise|narrow|move)\b", re.IGNORECASE
-)
-
-
-def actionable(error: FetcherError) -> str:
-    """The error as one line: what happened, to which page or setting, and what to do."""
-    text = str(error)
-    if _SAYS_WHAT_TO_DO.search(error.message):
-        return text
-    for kind, hint in _HINTS:
-        if isinstance(error, kind):
-            return f"{text}; {hint}"
-    return text
 
 
 async def run_export(
@@ -392,6 +358,7 @@ async def run_export(
     import structlog  # noqa: PLC0415  (see the imports)
 
     from fetcher.app.job import run_job  # noqa: PLC0415
+    from fetcher.app.report import write_report  # noqa: PLC0415
 
     log = structlog.get_logger("fetcher.app.cli")
     outcome = await run_job(settings, fresh=fresh, watch=watch, key=key)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from fetcher.app.connect import api_key, open_api
+from fetcher.app.resolve import preflight, resolve_run
 from fetcher.app.settings import ExportSettings
 from fetcher.errors import ConfigError, FetcherError
 from fetcher.run.checkpoint import Checkpointer, RunLock, RunState
@@ -90,8 +91,7 @@ async def run_job(
         table=settings.table,
         postgres_dsn=settings.postgres_dsn,
     )
-    users = None if settings.needs_team_list else settings.user_ids()
-    settings.slices(now=now)  # a bad window fails here, before the team list is asked for
+    users = preflight(settings, now=now)
     async with AsyncExitStack() as stack:
         state_path = settings.state_path
         if state_path is not None:
@@ -100,12 +100,8 @@ async def run_job(
                 RunState.load(state_path)
         api = await stack.enter_async_context(open_api(settings, record=False, key=key))
         client = api.client
-        if users is None:
-            users = [member.user_id for member in await client.team_members()]
-            log.info("team.members", users=len(users))
-        identity = settings.job_identity(users)
-        after = catch_up_from(settings, identity) if settings.catch_up else None
-        specs = settings.queries(users, now=now, after=after)
+        run = await resolve_run(settings, users, client=client, now=now)
+        identity, after, specs = run.identity, run.after, run.specs
         details = _describe(settings, specs, after)
         if not specs:
             log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
@@ -138,26 +134,6 @@ async def run_job(
             await checkpoint.finish("complete", ledger={identity: completed}, shape=summary.shape)
             details["completed_through"] = completed
     return JobOutcome(summary, sink, details=details)
-
-
-def catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:
-    """The end of the last window this job completed, from the state's ledger.
-
-    Raises:
-        ConfigError: ``--catch-up`` without a state file to read it from.
-    """
-    state_path = settings.state_path
-    if state_path is None:
-        raise ConfigError("--catch-up needs a state file; pass --state PATH", field="--catch-up")
-    from fetcher.run.checkpoint import RunState  # noqa: PLC0415
-
-    state = RunState.load(state_path)
-    completed = state.ledger.get(identity) if state else None
-    if completed is None:
-        log.info("catch_up.first_run", state=str(state_path))
-        return None
-    log.info("catch_up.resuming_after", completed_through=completed)
-    return dt.datetime.fromisoformat(completed)
 
 
 def _describe(

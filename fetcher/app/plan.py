@@ -39,6 +39,7 @@ import anyio
 import structlog
 
 from fetcher.app.connect import ApiSession, Observed, open_api
+from fetcher.app.resolve import preflight, resolve_run
 from fetcher.app.settings import ExportSettings
 from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
 from fetcher.http.retry import RetryPolicy
@@ -322,15 +323,6 @@ def _seconds(value: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _catch_up_after(settings: ExportSettings, users: list[str]) -> dt.datetime | None:
-    """Where ``--catch-up`` starts, as the export would find it."""
-    if not settings.catch_up:
-        return None
-    from fetcher.app.job import catch_up_from  # noqa: PLC0415  (only with --catch-up)
-
-    return catch_up_from(settings, settings.job_identity(users))
-
-
 def _estimate(
     spec: QuerySpec,
     *,
@@ -417,20 +409,17 @@ async def make_plan(
         ConnectError: the API cannot be reached.
         FetcherError: the team member list could not be fetched.
     """
-    team_list = settings.needs_team_list
-    users = None if team_list else settings.user_ids()
-    settings.slices(now=now)  # a bad window fails here, before any request
+    users = preflight(settings, now=now)  # what needs no request fails before any
     notes: list[str] = []
     if not probe and users is not None:
-        specs = settings.queries(users, now=now, after=_catch_up_after(settings, users))
-        return _plan(settings, specs, [_estimate(spec) for spec in specs], users, notes=notes)
+        run = await resolve_run(settings, users, now=now)
+        estimated = [_estimate(spec) for spec in run.specs]
+        return _plan(settings, run.specs, estimated, run.users, after=run.after, notes=notes)
     # The team list is retried like in an export (open_api's default policy);
     # probes are not (see below).
     async with open_api(settings, key=key) as api:
-        if users is None:
-            users = [member.user_id for member in await api.client.team_members()]
-        after = _catch_up_after(settings, users)
-        specs = settings.queries(users, now=now, after=after)
+        run = await resolve_run(settings, users, client=api.client, now=now)
+        specs, users, after = run.specs, run.users, run.after
         if probe:
             # One request per query, never more: a probe that fails is estimated instead.
             api.client.retry = RetryPolicy(attempts=1, max_retry_after_s=settings.max_retry_after)

@@ -49,6 +49,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fetcher import defaults
 from fetcher.dates import day_end, day_start, parse_slice, resolve_window, split_window
 from fetcher.errors import ConfigError
 from fetcher.http.defaults import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, default_concurrency
@@ -111,7 +112,7 @@ def parse_when(value: str, *, zone: dt.tzinfo, end_of_day: bool) -> dt.datetime:
 
 
 def _default_types() -> list[ReportType]:
-    return ["prospect"]
+    return [defaults.TYPE]
 
 
 SliceUnit = Literal["day", "week", "month"]
@@ -153,44 +154,44 @@ class ExportSettings(BaseSettings):
     users: CommaList | None = None
     users_file: Path | None = None
     all_users: bool = False
-    user_batch_size: int = Field(default=1000, ge=1)
+    user_batch_size: int = Field(default=defaults.USER_BATCH_SIZE, ge=1)
     start: str | None = None
     end: str | None = None
     window: str | None = None
     slice: SliceUnit | None = None
-    timezone: str = "UTC"
+    timezone: str = defaults.TIMEZONE
     type: TypeList = Field(default_factory=_default_types, min_length=1)
-    count_by: CountBy = "absolute"
+    count_by: CountBy = defaults.COUNT_BY
     order_by: str | None = None
-    sort_order: SortOrder = "desc"
+    sort_order: SortOrder = defaults.SORT_ORDER
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     # How to fetch
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=256)
     rate_limit: str | None = None
     shared_limiter: str | None = None
-    timeout: float = Field(default=30.0, gt=0, le=3600)
-    max_attempts: int = Field(default=6, ge=1, le=100)
-    max_pages: int = Field(default=10_000, ge=1)
+    timeout: float = Field(default=defaults.TIMEOUT_S, gt=0, le=3600)
+    max_attempts: int = Field(default=defaults.MAX_ATTEMPTS, ge=1, le=100)
+    max_pages: int = Field(default=defaults.MAX_PAGES, ge=1)
     records_path: str | None = None
-    user_id_field: str = Field(default="userId", min_length=1)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    max_retry_after: float = Field(default=300.0, ge=0)
-    repair_rounds: int = Field(default=3, ge=0, le=20)
+    user_id_field: str = Field(default=defaults.USER_ID_FIELD, min_length=1)
+    max_body_bytes: int = Field(default=defaults.MAX_BODY_BYTES, ge=1024)
+    max_retry_after: float = Field(default=defaults.MAX_RETRY_AFTER_S, ge=0)
+    repair_rounds: int = Field(default=defaults.REPAIR_ROUNDS, ge=0, le=20)
     # Where results go
     out: Path | None = None
     sink: SinkKind | None = None
-    table: str = "team_stats"
+    table: str = defaults.TABLE
     postgres_dsn: SecretStr | None = None
     report: Path | None = None
     # Checkpoints and resume
     state: Path | None = None
-    checkpoint_interval: float = Field(default=1.0, gt=0, le=3600)
+    checkpoint_interval: float = Field(default=defaults.CHECKPOINT_INTERVAL_S, gt=0, le=3600)
     catch_up: bool = False
     # The built-in simulator, when base_url = "simulator"
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     # Logging
-    log_format: Literal["console", "json"] = "console"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = defaults.LOG_FORMAT
+    log_level: Literal["debug", "info", "warning", "error"] = defaults.LOG_LEVEL
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,7 @@ import structlog
 from anyio.abc import TaskGroup
 from pydantic import SecretStr
 
+from fetcher import defaults
 from fetcher._version import __version__
 from fetcher.errors import (
     REDACTED,
@@ -134,7 +135,7 @@ class PageClient:
         base_url: str = DEFAULT_BASE_URL,
         concurrency: int | None = None,
         rate_limit: Rate | str | None = None,
-        timeout: float = 30.0,
+        timeout: float = defaults.TIMEOUT_S,
         retry: RetryPolicy | None = None,
         shape: ResponseShape | None = None,
         transport: Transport | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from fetcher import defaults
 from fetcher.http.limiter import one_second_of
 
 if TYPE_CHECKING:
@@ -22,12 +23,12 @@ __all__ = [
     "default_concurrency",
 ]
 
-DEFAULT_BASE_URL: Final = "https://open-api.saleshandy.com"
+DEFAULT_BASE_URL: Final = defaults.BASE_URL
 TEAM_STATS_PATH: Final = "/v1/analytics/team/stats"
 TEAM_MEMBERS_PATH: Final = "/v1/user/team-member-list"
-DEFAULT_CONCURRENCY: Final = 16
+DEFAULT_CONCURRENCY: Final = defaults.CONCURRENCY
 #: The most requests in flight a configured rate raises the default to.
-MAX_DEFAULT_CONCURRENCY: Final = 64
+MAX_DEFAULT_CONCURRENCY: Final = defaults.MAX_DEFAULT_CONCURRENCY
 
 
 def default_concurrency(rate: Rate | None) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from fetcher import defaults
 from fetcher.errors import FetcherError
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -95,11 +96,11 @@ class RetryPolicy:
             to wait longer gives up at once (see :meth:`asks_too_long`).
     """
 
-    attempts: int = 6
+    attempts: int = defaults.MAX_ATTEMPTS
     deadline_s: float = 600.0
     backoff_base_s: float = 0.1
     backoff_max_s: float = 10.0
-    max_retry_after_s: float = 300.0
+    max_retry_after_s: float = defaults.MAX_RETRY_AFTER_S
     seed: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

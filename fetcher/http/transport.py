@@ -17,11 +17,12 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Final, Protocol, Self
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from fetcher import defaults
 from fetcher.errors import (
     ConfigError,
     ConnectError,
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 #: Default cap on one response body; a team-stats page of 1,000 rows is ~0.5 MB.
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES: Final = defaults.MAX_BODY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,7 @@ class AiohttpTransport:
     def __init__(
         self,
         *,
-        timeout: float = 30.0,
+        timeout: float = defaults.TIMEOUT_S,
         max_connections: int = 100,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         ssl_context: ssl.SSLContext | None = None,

@@ -48,6 +48,7 @@ import orjson
 import pydantic
 import structlog
 
+from fetcher import defaults
 from fetcher.errors import ConfigError
 from fetcher.files import write_atomically
 from fetcher.run.paging import Resume
@@ -366,7 +367,13 @@ class Checkpointer:
         resumed: whether ``state`` continues an interrupted run of the same export.
     """
 
-    def __init__(self, state: RunState, *, interval_s: float = 1.0, resumed: bool = False) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        *,
+        interval_s: float = defaults.CHECKPOINT_INTERVAL_S,
+        resumed: bool = False,
+    ) -> None:
         self.state = state
         self.interval_s = interval_s
         self.resumed = resumed

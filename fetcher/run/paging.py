@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from fetcher import defaults
 from fetcher.errors import FetcherError, ResponseError
 from fetcher.models import missing_user_id
 
@@ -54,7 +55,7 @@ __all__ = ["DEFAULT_MAX_PAGES", "Job", "QueryPlan", "Resume", "Schedule"]
 
 #: Pages one query may have before fetcher refuses to believe it (a hostile or
 #: broken ``totalPages`` must not turn into a billion requests).
-DEFAULT_MAX_PAGES: Final = 10_000
+DEFAULT_MAX_PAGES: Final = defaults.MAX_PAGES
 
 
 @dataclass(frozen=True, slots=True)

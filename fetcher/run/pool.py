@@ -37,6 +37,7 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fetcher import defaults
 from fetcher.errors import (
     AuthError,
     ConfigError,
@@ -282,7 +283,7 @@ class Paginator:
         max_pages: int = DEFAULT_MAX_PAGES,
         concurrency: int | None = None,
         resume: Mapping[str, Resume] | None = None,
-        repair_rounds: int = 3,
+        repair_rounds: int = defaults.REPAIR_ROUNDS,
         expected_path: str | None = None,
     ) -> None:
         resume = resume or {}

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
+from fetcher import defaults
 from fetcher.errors import ConfigError, SinkError
 from fetcher.spec import EMAIL_METRICS, PROSPECT_METRICS
 
@@ -93,7 +94,7 @@ __all__ = [
 ]
 
 #: The table database sinks write unless ``--table`` names another.
-DEFAULT_TABLE: Final = "team_stats"
+DEFAULT_TABLE: Final = defaults.TABLE
 
 #: Every metric of both report types: prospect metrics, then email-only ones.
 METRICS: Final[tuple[str, ...]] = PROSPECT_METRICS + tuple(
