@@ -19,8 +19,8 @@ code = main(sys.argv[1:])
 print(json.dumps({"code": int(code), "modules": sorted(sys.modules)}))
 """
 
-#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's).
-HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock")
+#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's), and dlt (an extra).
+HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock", "dlt")
 
 
 def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
@@ -76,3 +76,16 @@ def test_import_fetcher_loads_names_on_first_use(tmp_path: Path) -> None:
     assert result.stdout.split() == ["False", "True", "fetcher.run.client", "True"]
     with pytest.raises(AttributeError, match="no attribute 'Paginator'"):
         _ = fetcher.Paginator
+
+
+def test_import_fetcher_loads_no_dlt() -> None:
+    """No dlt (an optional extra) for `import fetcher`, its names or `fetcher.integrations`."""
+    probe = (
+        "import sys, fetcher, fetcher.integrations\n"
+        "fetcher.Client, fetcher.export, fetcher.DuckDBSink\n"
+        "print('dlt' in sys.modules, 'aiohttp' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True"]
