@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
+import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -328,6 +332,25 @@ def test_an_incomplete_run_raises_after_every_other_page_naming_the_missing_ones
     assert "completed_through" not in str(runs.state)  # the catch-up position did not move
 
 
+def test_pages_reach_dlt_as_they_arrive() -> None:
+    """The first rows are yielded while most pages are still to be asked for (no buffering)."""
+    with simulator(seed=11, team_size=200, latency_ms=20) as sim:
+        source = team_stats_source(
+            base_url=sim.base_url, users=sim.user_ids, start="2024-01-06", end="2024-01-06",
+            page_size=10, concurrency=2,
+        )  # fmt: skip
+        seen_at_first = None
+        rows_seen = 0
+        for _row in source.resources["team_stats"]:
+            if seen_at_first is None:
+                seen_at_first = sim.stats.requests
+            rows_seen += 1
+        total = sim.stats.requests
+    assert (rows_seen, total) == (200, 21)  # the probe and 20 pages
+    # at most: the probe, the stream's buffer (2 x concurrency) and every worker's page
+    assert seen_at_first is not None and seen_at_first <= 1 + 4 + 4 + 1 < total
+
+
 def test_rows_move_the_user_id_and_add_the_window_once() -> None:
     """A record's user id field becomes `user_id` (not a copy); the key columns come first."""
     spec = QuerySpec(user_ids=("u1",), start=day(1)[0], end=day(1)[1], type="email")
@@ -357,3 +380,54 @@ def test_dlt_is_an_optional_extra() -> None:
     assert project["optional-dependencies"]["dlt"] == ["dlt[duckdb]>=1.0"]
     pins = (ROOT / "constraints.txt").read_text().splitlines()
     assert f"dlt=={dlt.__version__}" in pins
+
+
+def readme_dlt_example() -> tuple[str, str, str]:
+    """The README's dlt example: its dlt config line, the Python block, the DuckDB one-liner."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## dlt: fetcher as a dlt source", 1)[1].split("\n## ", 1)[0]
+    [code] = re.findall(r"```python\n(.+?)\n```", section, flags=re.DOTALL)
+    lines = [
+        line
+        for block in re.findall(r"```sh\n(.+?)\n```", section, flags=re.DOTALL)
+        for line in block.splitlines()
+    ]
+    [config] = [line for line in lines if line.startswith("mkdir -p .dlt")]
+    [query] = [line for line in lines if line.startswith('python -c "import duckdb')]
+    return config, code, query.removeprefix("python -c ").strip('"')
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's pipeline, at the simulator (FETCHER_BASE_URL), loads 7 days x 2 types."""
+    config, code, query = readme_dlt_example()
+    assert (
+        'dlt.pipeline(pipeline_name="saleshandy", destination="duckdb", dataset_name="saleshandy")'
+        in code
+    )
+    with simulator(seed=12, team_size=9) as sim:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "DLT_DATA_DIR": str(tmp_path / "dlt-data"),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "SALESHANDY_API_KEY": KEY,
+            "FETCHER_BASE_URL": sim.base_url,
+        }
+        subprocess.run(["bash", "-c", config], cwd=tmp_path, env=env, timeout=10, check=True)
+        ran = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "LOADED and contains no failed jobs" in ran.stdout
+        shown = subprocess.run(
+            [sys.executable, "-c", query], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=60, check=True,
+        )  # fmt: skip
+    assert "user_id" in shown.stdout and "replied" in shown.stdout
+    with duckdb.connect(str(tmp_path / "team_stats.duckdb"), read_only=True) as connection:
+        counted = connection.execute(
+            "SELECT count(*), count(DISTINCT (window_start, type, user_id)), "
+            "count(DISTINCT window_start) FROM saleshandy.team_stats"
+        ).fetchone()
+    assert counted == (7 * 2 * 9, 7 * 2 * 9, 7)
