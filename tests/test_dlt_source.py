@@ -246,6 +246,7 @@ def test_a_refused_key_raises_before_any_page_request(
         ({"start": "2024-02-01", "end": "2024-01-01", "window": None}, "start=", "swap"),
         ({"out": "stats.duckdb"}, "out=", "destination"),
         ({"timezone": "Mars/Olympus"}, "timezone=", "unknown time zone"),
+        ({"api_key": "sk-in-code"}, "api_key=", "SALESHANDY_API_KEY"),
     ],
 )
 def test_invalid_settings_raise_before_any_request(
@@ -349,6 +350,33 @@ def test_pages_reach_dlt_as_they_arrive() -> None:
     assert (rows_seen, total) == (200, 21)  # the probe and 20 pages
     # at most: the probe, the stream's buffer (2 x concurrency) and every worker's page
     assert seen_at_first is not None and seen_at_first <= 1 + 4 + 4 + 1 < total
+
+
+def test_the_built_in_simulator_needs_no_key_and_no_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`base_url="simulator"`, as for `fetcher export`: a trial run of every member, no key."""
+    monkeypatch.delenv("SALESHANDY_API_KEY")
+    source = team_stats_source(
+        base_url="simulator", simulator={"team_size": 12, "latency_ms": 0}, start="2024-01-02",
+        end="2024-01-03", slice="day", page_size=5,
+    )  # fmt: skip
+    pipeline(tmp_path).run(source)
+    got = table(tmp_path)
+    assert len(got) == len({(r["user_id"], r["window_start"]) for r in got}) == 2 * 12
+
+
+def test_a_resource_closed_early_stops_fetching() -> None:
+    """A resource closed after one page (add_limit) stops the run; nothing hangs."""
+    with simulator(seed=13, team_size=300, latency_ms=5) as sim:
+        source = team_stats_source(
+            base_url=sim.base_url, users=sim.user_ids, start="2024-01-07", end="2024-01-07",
+            page_size=10, concurrency=2,
+        )  # fmt: skip
+        first = list(source.resources["team_stats"].add_limit(1))
+        sent = sim.stats.requests
+    assert len(first) == 10  # one page of rows
+    assert sent < 31  # the probe and 30 pages: most were never asked for
 
 
 def test_rows_move_the_user_id_and_add_the_window_once() -> None:

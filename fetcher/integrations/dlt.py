@@ -251,6 +251,12 @@ def team_stats_source(
     """
     if now is not None and now.utcoffset() is None:
         raise ConfigError("must be time-zone aware, e.g. datetime(..., tzinfo=UTC)", field="now")
+    if "api_key" in settings:
+        raise ConfigError(
+            f"the key is not an argument (it would end up in code and traces); set "
+            f"{API_KEY_ENV}, or {SECRET_KEY} in .dlt/secrets.toml, or api_key_file",
+            field="api_key=",
+        )
     if output := sorted(OUTPUT_SETTINGS & settings.keys()):
         raise ConfigError(
             "where rows go is the pipeline's destination (dlt.pipeline(destination=...)); "
