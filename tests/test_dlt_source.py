@@ -333,13 +333,18 @@ def test_an_incomplete_run_raises_after_every_other_page_naming_the_missing_ones
     assert "completed_through" not in str(runs.state)  # the catch-up position did not move
 
 
+def slow_one_day_source(sim: RunningSimulator, day: str) -> Any:
+    """One day of the whole team, 10 a page, 2 requests in flight: pages come one by one."""
+    return team_stats_source(
+        base_url=sim.base_url, users=sim.user_ids, start=day, end=day, page_size=10,
+        concurrency=2,
+    )  # fmt: skip
+
+
 def test_pages_reach_dlt_as_they_arrive() -> None:
     """The first rows are yielded while most pages are still to be asked for (no buffering)."""
     with simulator(seed=11, team_size=200, latency_ms=20) as sim:
-        source = team_stats_source(
-            base_url=sim.base_url, users=sim.user_ids, start="2024-01-06", end="2024-01-06",
-            page_size=10, concurrency=2,
-        )  # fmt: skip
+        source = slow_one_day_source(sim, "2024-01-06")
         seen_at_first = None
         rows_seen = 0
         for _row in source.resources["team_stats"]:
@@ -369,10 +374,7 @@ def test_the_built_in_simulator_needs_no_key_and_no_users(
 def test_a_resource_closed_early_stops_fetching() -> None:
     """A resource closed after one page (add_limit) stops the run; nothing hangs."""
     with simulator(seed=13, team_size=300, latency_ms=5) as sim:
-        source = team_stats_source(
-            base_url=sim.base_url, users=sim.user_ids, start="2024-01-07", end="2024-01-07",
-            page_size=10, concurrency=2,
-        )  # fmt: skip
+        source = slow_one_day_source(sim, "2024-01-07")
         first = list(source.resources["team_stats"].add_limit(1))
         sent = sim.stats.requests
     assert len(first) == 10  # one page of rows
