@@ -91,12 +91,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import dlt
 import structlog
 from anyio.from_thread import start_blocking_portal
-from dlt.common.schema.typing import TColumnSchema
-from dlt.sources import DltSource
 from pydantic import SecretStr
+
+try:
+    import dlt
+    from dlt.common.schema.typing import TColumnSchema
+    from dlt.sources import DltSource
+except ModuleNotFoundError as exc:  # the base install has no dlt
+    raise ModuleNotFoundError(
+        f"fetcher.integrations.dlt needs dlt ({exc}); pip install 'fetcher[dlt]'", name=exc.name
+    ) from exc
 
 from fetcher.app.connect import SIMULATOR_KEY, open_api
 from fetcher.app.settings import API_KEY_ENV, ExportSettings, load_settings, resolve_api_key
