@@ -403,23 +403,6 @@ def test_rows_move_the_user_id_and_add_the_window_once() -> None:
     assert list(row)[:5] == list(PRIMARY_KEY)
 
 
-def test_without_dlt_the_import_says_which_extra_to_install() -> None:
-    """Importing the integration where dlt is missing names `pip install 'fetcher[dlt]'`."""
-    probe = (
-        "import sys\n"
-        "sys.modules['dlt'] = None  # as if not installed\n"
-        "try:\n"
-        "    import fetcher.integrations.dlt\n"
-        "except ModuleNotFoundError as exc:\n"
-        "    print(exc.name, '|', exc)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.startswith("dlt | ")
-    assert "pip install 'fetcher[dlt]'" in result.stdout
-
-
 def test_dlt_is_an_optional_extra() -> None:
     """The base install does not depend on dlt; the `dlt` extra does, pinned like the rest."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -38,6 +38,14 @@ def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
     return data["code"], set(data["modules"])
 
 
+def python_says(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
+
+
 def roots(modules: set[str]) -> set[str]:
     return {name.split(".")[0] for name in modules}
 
@@ -70,10 +78,7 @@ def test_import_fetcher_loads_names_on_first_use(tmp_path: Path) -> None:
         "client = fetcher.Client\n"
         "print(before, 'aiohttp' in sys.modules, client.__module__, 'Client' in dir(fetcher))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split() == ["False", "True", "fetcher.run.client", "True"]
+    assert python_says(probe).split() == ["False", "True", "fetcher.run.client", "True"]
     with pytest.raises(AttributeError, match="no attribute 'Paginator'"):
         _ = fetcher.Paginator
 
@@ -85,7 +90,19 @@ def test_import_fetcher_loads_no_dlt() -> None:
         "fetcher.Client, fetcher.export, fetcher.DuckDBSink\n"
         "print('dlt' in sys.modules, 'aiohttp' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    assert python_says(probe).split() == ["False", "True"]
+
+
+def test_without_dlt_the_integration_says_which_extra_to_install() -> None:
+    """Without dlt, importing fetcher.integrations.dlt names `pip install 'fetcher[dlt]'`."""
+    probe = (
+        "import sys\n"
+        "sys.modules['dlt'] = None  # as if not installed\n"
+        "try:\n"
+        "    import fetcher.integrations.dlt\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, '|', exc)\n"
     )
-    assert result.stdout.split() == ["False", "True"]
+    said = python_says(probe)
+    assert said.startswith("dlt | ")
+    assert "pip install 'fetcher[dlt]'" in said
