@@ -29,7 +29,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,26 +89,36 @@ def _dlt_client(base_url: str) -> tuple[Any, Any]:
     return client, paginators.PageNumberPaginator
 
 
-def dlt_rest_client(base_url: str, bodies: Sequence[dict[str, Any]], out: Path) -> dict[str, int]:
-    """Fetch every page with dlt's RESTClient and a body page-number paginator."""
+def dlt_rest_pages(
+    base_url: str, bodies: Sequence[dict[str, Any]]
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every page of every query with dlt's RESTClient and a body page-number paginator.
+
+    Yields each query's body and one page of its records, one page after another.
+    """
     client, paginator_class = _dlt_client(base_url)
+    for body in bodies:
+        paginator = paginator_class(
+            base_page=1, page_body_path="page", total_path="payload.meta.totalPages"
+        )
+        for page in client.paginate(
+            TEAM_STATS_PATH,
+            method="POST",
+            json={**body, "page": 1},
+            paginator=paginator,
+            data_selector="payload.data",
+        ):
+            yield body, list(page)
+
+
+def dlt_rest_client(base_url: str, bodies: Sequence[dict[str, Any]], out: Path) -> dict[str, int]:
+    """Fetch every page with dlt's RESTClient (:func:`dlt_rest_pages`); write JSON lines."""
     pages = records = 0
     with out.open("w") as file:
-        for body in bodies:
-            paginator = paginator_class(
-                base_page=1, page_body_path="page", total_path="payload.meta.totalPages"
-            )
-            for page in client.paginate(
-                TEAM_STATS_PATH,
-                method="POST",
-                json={**body, "page": 1},
-                paginator=paginator,
-                data_selector="payload.data",
-            ):
-                rows = list(page)
-                _write_records(file, rows, body["startDate"])
-                pages += 1
-                records += len(rows)
+        for body, rows in dlt_rest_pages(base_url, bodies):
+            _write_records(file, rows, body["startDate"])
+            pages += 1
+            records += len(rows)
     return {"requests": pages, "pages": pages, "records": records}
 
 

@@ -1,6 +1,6 @@
 """Every benchmark of the project in one command, each scenario on its own simulator.
 
-    python -m benchmarks.run [--scenario a,b,...,j] [--quick] [--profile] [--fetcher-root PATH]
+    python -m benchmarks.run [--scenario a,b,...,k] [--quick] [--profile] [--fetcher-root PATH]
 
 Each scenario starts ``python -m fetcher.simulator`` on a free local port and
 runs its contenders one after another against that same server and dataset,
@@ -40,6 +40,11 @@ fast but wrong contender cannot win.
     Targets: at most 20% more peak RSS at 1,000 pages than at 100; the first record
     within 1.5 round trips of the first request. See :mod:`benchmarks.bench_streaming`;
     ``--fetcher-root PATH`` applies as to (e)-(i).
+(k) fetcher as a dlt source: the same 200-page export through a dlt pipeline into DuckDB,
+    ``team_stats_source`` against dlt's RESTClient paginator, at 150 ms latency and at 40
+    per 1 s with whole-second resets; ``pipeline.extract`` and ``pipeline.run`` timed.
+    Targets: extract at least 8x faster latency-bound, at least 0.85 of the limit
+    limit-bound. See :mod:`benchmarks.bench_dlt` (skipped without dlt).
 
 ``--quick`` runs small versions of every scenario (a smoke test; the targets
 are shown but mean nothing at that size). The dlt contender is skipped when
@@ -59,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import bench_limits, bench_streaming
+from benchmarks import bench_dlt, bench_limits, bench_streaming
 from benchmarks._harness import (
     KEY,
     Measured,
@@ -538,6 +543,8 @@ SCENARIOS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
     **bench_limits.SCENARIOS,
     # Pages streamed to the sink: see benchmarks.bench_streaming.
     **bench_streaming.SCENARIOS,
+    # fetcher as a dlt source: see benchmarks.bench_dlt.
+    **bench_dlt.SCENARIOS,
 }
 #: The scenarios that can run another tree's fetcher (``--fetcher-root``).
 ROOTED: Final = frozenset(bench_limits.SCENARIOS) | frozenset(bench_streaming.SCENARIOS)

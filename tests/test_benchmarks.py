@@ -24,6 +24,20 @@ def bench_lines(stdout: str) -> list[dict[str, Any]]:
     ]
 
 
+def run_quick(scenario: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.run --quick --scenario SCENARIO`, which must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenario", scenario],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
 def test_quick_scenario_a_runs_every_contender_to_a_complete_output() -> None:
     """`python -m benchmarks.run --quick --scenario a` runs every contender to a whole output."""
@@ -86,15 +100,7 @@ def test_pages_of_pages_each_user_batch_on_its_own() -> None:
 @pytest.mark.slow
 def test_quick_scenario_j_streams_pages_and_emits_its_bench_line() -> None:
     """`python -m benchmarks.run --quick --scenario j` measures both figures of a whole output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenario", "j"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick("j", timeout=120)
     assert "(j1) memory" in result.stdout
     assert "(j2) time to first page written" in result.stdout
     [line] = bench_lines(result.stdout)
@@ -108,3 +114,28 @@ def test_quick_scenario_j_streams_pages_and_emits_its_bench_line() -> None:
         assert run["records"] == run["expected"], run
     # The first record was seen in the .partial file, after the first request.
     assert 0 < first["to_first_request_s"] < first["to_first_record_s"] < first["wall_s"]
+
+
+@pytest.mark.slow
+def test_quick_scenario_k_runs_both_dlt_pipelines_to_a_complete_table() -> None:
+    """`--quick --scenario k`: both pipelines, extract and run, each load every row once."""
+    if not have_dlt():
+        pytest.skip("dlt is not installed (the `dlt` and `dev` extras have it)")
+    result = run_quick("k", timeout=180)
+    assert "(k1) dlt, latency-bound" in result.stdout
+    assert "(k2) dlt, limit-bound" in result.stdout
+    [line] = bench_lines(result.stdout)
+    assert line["benchmark"] == "scenario_k"
+    for part in ("latency_bound", "limit_bound"):
+        steps = line[part]["steps"]
+        assert {(s["contender"], s["step"]) for s in steps} == {
+            (contender, step)
+            for contender in ("team_stats_source", "RESTClient")
+            for step in ("pipeline.extract", "pipeline.run")
+        }
+        for step in steps:
+            assert step["complete"] and step["rows"] == 200, step
+            assert step["seconds"] > 0
+        # one probe of the member list, then the 20 pages (refusals are asked again)
+        answered = [s["requests"] - s["refused"] for s in steps]
+        assert answered == [21, 20, 21, 20]  # team_stats_source, RESTClient; extract, run

@@ -19,8 +19,8 @@ code = main(sys.argv[1:])
 print(json.dumps({"code": int(code), "modules": sorted(sys.modules)}))
 """
 
-#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's).
-HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock")
+#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's), and dlt (an extra).
+HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock", "dlt")
 
 
 def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
@@ -36,6 +36,14 @@ def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
     last = result.stdout.strip().splitlines()[-1]
     data = json.loads(last)
     return data["code"], set(data["modules"])
+
+
+def python_says(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
 
 
 def roots(modules: set[str]) -> set[str]:
@@ -70,9 +78,31 @@ def test_import_fetcher_loads_names_on_first_use(tmp_path: Path) -> None:
         "client = fetcher.Client\n"
         "print(before, 'aiohttp' in sys.modules, client.__module__, 'Client' in dir(fetcher))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split() == ["False", "True", "fetcher.run.client", "True"]
+    assert python_says(probe).split() == ["False", "True", "fetcher.run.client", "True"]
     with pytest.raises(AttributeError, match="no attribute 'Paginator'"):
         _ = fetcher.Paginator
+
+
+def test_import_fetcher_loads_no_dlt() -> None:
+    """No dlt (an optional extra) for `import fetcher`, its names or `fetcher.integrations`."""
+    probe = (
+        "import sys, fetcher, fetcher.integrations\n"
+        "fetcher.Client, fetcher.export, fetcher.DuckDBSink\n"
+        "print('dlt' in sys.modules, 'aiohttp' in sys.modules)\n"
+    )
+    assert python_says(probe).split() == ["False", "True"]
+
+
+def test_without_dlt_the_integration_says_which_extra_to_install() -> None:
+    """Without dlt, importing fetcher.integrations.dlt names `pip install 'fetcher[dlt]'`."""
+    probe = (
+        "import sys\n"
+        "sys.modules['dlt'] = None  # as if not installed\n"
+        "try:\n"
+        "    import fetcher.integrations.dlt\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, '|', exc)\n"
+    )
+    said = python_says(probe)
+    assert said.startswith("dlt | ")
+    assert "pip install 'fetcher[dlt]'" in said
