@@ -27,6 +27,8 @@ from fetcher.errors import AuthError, ConfigError  # noqa: E402
 from fetcher.integrations.dlt import (  # noqa: E402
     PRIMARY_KEY,
     IncompleteExtractError,
+    IncompleteLoadError,
+    raise_for_incomplete,
     rows,
     team_stats_source,
 )
@@ -461,3 +463,56 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
             "count(DISTINCT window_start) FROM saleshandy.team_stats"
         ).fetchone()
     assert counted == (7 * 2 * 9, 7 * 2 * 9, 7)
+
+
+def test_on_incomplete_load_loads_what_was_fetched_then_raises_naming_the_missing_pages(
+    tmp_path: Path,
+) -> None:
+    """`on_incomplete="load"`: the fetched rows are loaded, then raise_for_incomplete fails."""
+    with simulator(seed=10, team_size=45, fail_pages=frozenset({3})) as sim:
+        settings: dict[str, Any] = {
+            "base_url": sim.base_url,
+            "users": sim.user_ids,
+            "start": "2024-01-05",
+            "end": "2024-01-05",
+            "page_size": 10,
+            "max_attempts": 2,
+            "catch_up": True,
+        }
+        runs = pipeline(tmp_path)
+        runs.run(team_stats_source(on_incomplete="load", **settings))  # no raise: loaded
+        with pytest.raises(IncompleteLoadError) as failed:
+            raise_for_incomplete(runs)
+        expected = expected_table(sim, specs_of(sim, [5], ["prospect"], 10))
+    loaded = table(tmp_path)
+    # Every user but the ten of page 3 is in the table, each once.
+    assert len(loaded) == len(expected) - 10
+    assert len({row["user_id"] for row in loaded}) == len(loaded)
+    assert [m for m in failed.value.missing if m.startswith("page 3 of prospect")]
+    assert "page 3 of prospect" in str(failed.value)
+    resource = runs.state["sources"]["saleshandy"]["resources"]["team_stats"]
+    assert resource["completed_through"] == {}  # the catch-up position did not move
+
+
+def test_raise_for_incomplete_is_quiet_after_a_complete_run(tmp_path: Path) -> None:
+    """A complete run clears what an earlier short one left: raise_for_incomplete passes."""
+    with simulator(seed=10, team_size=45, fail_pages=frozenset({3})) as sim:
+        settings: dict[str, Any] = {
+            "base_url": sim.base_url, "users": sim.user_ids, "start": "2024-01-05",
+            "end": "2024-01-05", "page_size": 10, "max_attempts": 2,
+        }  # fmt: skip
+        runs = pipeline(tmp_path)
+        runs.run(team_stats_source(on_incomplete="load", **settings))
+        with pytest.raises(IncompleteLoadError):
+            raise_for_incomplete(runs)
+    with simulator(seed=10, team_size=45) as healthy:
+        settings["base_url"], settings["users"] = healthy.base_url, healthy.user_ids
+        runs.run(team_stats_source(on_incomplete="load", **settings))
+    raise_for_incomplete(runs)
+    assert len(table(tmp_path)) == 45
+
+
+def test_on_incomplete_must_be_raise_or_load() -> None:
+    """A misspelt choice is a ConfigError naming the keyword, before anything runs."""
+    with pytest.raises(ConfigError, match="on_incomplete="):
+        team_stats_source(users=["u1"], window="yesterday", on_incomplete="ignore")  # type: ignore[arg-type]

@@ -73,7 +73,10 @@ Errors, as dlt raises them (``PipelineStepFailed``, the cause chained)
       page number, last error) and each short window. dlt does not load an
       extract that raised: the catch-up position stays where it was, and
       running the pipeline again fetches the same windows again (merge keeps
-      rows unique).
+      rows unique). With ``on_incomplete="load"`` the extract ends instead, dlt
+      loads every page that was fetched (the position still stays), and
+      :func:`raise_for_incomplete` raises :class:`IncompleteLoadError` after
+      the load, naming the same pages: loaded first, then failed.
 
 The work runs in a thread of its own with its own event loop (an anyio
 blocking portal): dlt calls resources from synchronous code, and fetcher's
@@ -89,7 +92,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 from anyio.from_thread import start_blocking_portal
@@ -106,7 +109,7 @@ except ModuleNotFoundError as exc:  # the base install has no dlt
 
 from fetcher.app.connect import SIMULATOR_KEY, open_api
 from fetcher.app.settings import API_KEY_ENV, ExportSettings, load_settings, resolve_api_key
-from fetcher.errors import ConfigError, IncompleteRunError
+from fetcher.errors import ConfigError, FetcherError, IncompleteRunError
 from fetcher.spec import EMAIL_METRICS, PROSPECT_METRICS, format_api_datetime
 
 if TYPE_CHECKING:
@@ -120,6 +123,9 @@ __all__ = [
     "SECRET_KEY",
     "SOURCE_NAME",
     "IncompleteExtractError",
+    "IncompleteLoadError",
+    "OnIncomplete",
+    "raise_for_incomplete",
     "rows",
     "team_stats_source",
 ]
@@ -141,6 +147,11 @@ OUTPUT_SETTINGS: Final = frozenset(
 )
 #: The resource state's key for the catch-up positions, per job identity.
 _LEDGER: Final = "completed_through"
+#: Where an extract that ended short (``on_incomplete="load"``) says what is missing.
+_INCOMPLETE: Final = "incomplete"
+
+#: What an extract that ended short does (see :func:`team_stats_source`).
+OnIncomplete = Literal["raise", "load"]
 
 
 def _columns() -> dict[str, TColumnSchema]:
@@ -189,6 +200,7 @@ class IncompleteExtractError(IncompleteRunError):
                 f"{count} user(s) of {short.type} {short.window_start}..{short.window_end} "
                 f"never returned after {short.repair_rounds} re-read(s): {ids}"
             )
+        self.missing = missing
         shown = "; ".join(missing[:20])
         if len(missing) > 20:
             shown += f"; and {len(missing) - 20} more"
@@ -209,7 +221,39 @@ def _rebuild(summary: Any, message: str) -> IncompleteExtractError:
     IncompleteRunError.__init__(error, summary)
     error.message = message
     error.args = (message,)
+    error.missing = []
     return error
+
+
+class IncompleteLoadError(FetcherError):
+    """The last load of ``team_stats`` holds every page fetched, but some are missing.
+
+    Raised by :func:`raise_for_incomplete` after a run with
+    ``on_incomplete="load"``; ``missing`` names each missing page.
+    """
+
+    def __init__(self, message: str, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.missing))
+
+
+def raise_for_incomplete(pipeline: dlt.Pipeline) -> None:
+    """Raise :class:`IncompleteLoadError` if the pipeline's last ``team_stats`` extract was short.
+
+    For ``on_incomplete="load"``: ``pipeline.run(source)`` loads every page that
+    was fetched, then this call fails the job, naming the missing pages::
+
+        pipeline.run(team_stats_source(window="last 7 days", on_incomplete="load"))
+        raise_for_incomplete(pipeline)
+    """
+    sources = pipeline.state.get("sources", {})
+    resource = sources.get(SOURCE_NAME, {}).get("resources", {}).get(RESOURCE_NAME, {})
+    found = resource.get(_INCOMPLETE)
+    if found:
+        raise IncompleteLoadError(str(found["message"]), found["missing"])
 
 
 def _describe(spec: QuerySpec) -> str:
@@ -227,12 +271,14 @@ class _Job:
     key: SecretStr
     users: list[str] | None  # None: every team member, asked for at extract time
     now: dt.datetime | None
+    on_incomplete: OnIncomplete = "raise"
 
 
 def team_stats_source(
     *,
     config: str | os.PathLike[str] | None = None,
     now: dt.datetime | None = None,
+    on_incomplete: OnIncomplete = "raise",
     **settings: Any,
 ) -> DltSource:
     """A dlt source with one resource, ``team_stats``: every page fetched by fetcher.
@@ -241,6 +287,12 @@ def team_stats_source(
         config: a TOML file of settings, as ``fetcher export --config`` reads it.
         now: the moment relative windows (``window = "last 7 days"``) are
             evaluated at; default: when the resource runs. Time-zone aware.
+        on_incomplete: when pages are still missing after their retries,
+            ``"raise"`` fails the extract with :class:`IncompleteExtractError`
+            (dlt then loads nothing of it); ``"load"`` ends the extract so that
+            dlt loads every page that was fetched, keeps the catch-up position
+            where it was, and leaves the missing pages for
+            :func:`raise_for_incomplete` to raise after the load.
         **settings: any setting of ``fetcher export`` by its name (``users``,
             ``users_file``, ``all_users``, ``window``, ``start``, ``end``,
             ``slice``, ``timezone``, ``type``, ``concurrency``, ``rate_limit``,
@@ -255,6 +307,8 @@ def team_stats_source(
         ConfigError: an unknown or invalid setting, an unusable window, an
             unreadable users file, or no API key; nothing has been sent.
     """
+    if on_incomplete not in ("raise", "load"):
+        raise ConfigError("must be 'raise' or 'load'", field="on_incomplete=")
     if now is not None and now.utcoffset() is None:
         raise ConfigError("must be time-zone aware, e.g. datetime(..., tzinfo=UTC)", field="now")
     if "api_key" in settings:
@@ -282,7 +336,7 @@ def team_stats_source(
         loaded.queries(users or ["?"], now=now)
     except ConfigError as exc:
         raise _as_keyword(exc) from None
-    job = _Job(loaded, key, users, now)
+    job = _Job(loaded, key, users, now, on_incomplete)
     resource = dlt.resource(
         _team_stats(job),
         name=RESOURCE_NAME,
@@ -351,11 +405,19 @@ def _team_stats(job: _Job) -> Iterator[list[dict[str, Any]]]:
         stream = portal.call(client.pages, specs)
         stack.callback(portal.call, stream.aclose)
         user_id_field = client.shape.user_id_field
+        state = dlt.current.resource_state()
+        state.pop(_INCOMPLETE, None)
         try:
             while (page := portal.call(_next_page, stream)) is not None:
                 yield rows(page, user_id_field=user_id_field)
         except IncompleteRunError as exc:
-            raise IncompleteExtractError(exc.summary, specs) from None
+            error = IncompleteExtractError(exc.summary, specs)
+            if job.on_incomplete == "raise":
+                raise error from None
+            # Load what arrived; the position stays, so the next run fetches these windows again.
+            state[_INCOMPLETE] = {"message": error.message, "missing": error.missing}
+            log.warning("run.incomplete", missing=len(error.missing), message=error.message)
+            return
         if ledger is not None:
             ledger[identity] = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
 
