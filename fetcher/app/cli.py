@@ -550,7 +550,11 @@ async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode
 async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     if args.command == "demo":
         return await _demo(args, secrets)
-    from fetcher.app.settings import load_settings, resolve_api_key  # noqa: PLC0415
+    from fetcher.app.settings import (  # noqa: PLC0415
+        load_settings,
+        resolve_api_key,
+        resolve_workspace_key,
+    )
 
     settings = load_settings(_flags(args), config_file=args.config)
     if settings.postgres_dsn is not None:
@@ -565,6 +569,9 @@ async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
         with contextlib.suppress(ConfigError):
             key = resolve_api_key(settings)
             secrets.append(key.get_secret_value())
+    for workspace in settings.workspaces or ():  # each workspace's key, never logged either
+        with contextlib.suppress(ConfigError):
+            secrets.append(resolve_workspace_key(workspace, warn=False).get_secret_value())
     if args.command == "plan":
         _setup_logging(args, settings, secrets, calm=True)
         return await _plan(settings, probe=args.probe, as_json=args.json, key=key)

@@ -13,11 +13,19 @@ before the first request:
    batches; all of them share one client, so one limiter;
 5. the export, checkpointed, resuming an interrupted run of the same queries;
 6. on success, the ledger entry that the next ``--catch-up`` starts from.
+
+With ``[[workspaces]]``, step 1 resolves every workspace's key (a missing
+variable fails here, naming the workspace), and steps 2 and 4 run per
+workspace, each with its own client and so its own limiter; the queries of
+all of them then run as one export into one sink
+(:class:`~fetcher.run.router.WorkspaceClients` routes each query to its
+workspace's client), every row carrying its ``workspace``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,16 +33,19 @@ from typing import TYPE_CHECKING
 import structlog
 
 from fetcher.app.connect import api_key, open_api
-from fetcher.app.settings import ExportSettings
+from fetcher.app.settings import ExportSettings, resolve_workspace_key
 from fetcher.errors import ConfigError, FetcherError
 from fetcher.run.checkpoint import Checkpointer, RunLock, RunState
 from fetcher.run.pool import RunSummary, Watcher, export
+from fetcher.run.router import WorkspaceClients
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from fetcher.run.client import Client
+    from fetcher.run.router import PageSource
     from fetcher.sinks import Sink
     from fetcher.spec import QuerySpec
 
@@ -82,30 +93,55 @@ async def run_job(
     """
     if settings.out is None and settings.sink != "postgres":
         raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
-    if key is None:
-        key = api_key(settings)  # no key is a usage error, found before anything else
+    workspaces = settings.workspaces or []
+    # No key is a usage error, found before anything else; one per workspace.
+    keys = {w.name: resolve_workspace_key(w) for w in workspaces}
+    if key is None and not workspaces:
+        key = api_key(settings)
     sink = make_sink(
         settings.out,
         sink=settings.sink,
         table=settings.table,
         postgres_dsn=settings.postgres_dsn,
+        workspaces=bool(workspaces),
     )
-    users = None if settings.needs_team_list else settings.user_ids()
-    settings.slices(now=now)  # a bad window fails here, before the team list is asked for
+    # Each workspace as it sees the settings (its own URL, users and rate);
+    # without workspaces, the settings themselves.
+    scopes: list[tuple[str | None, ExportSettings]] = [
+        (w.name, settings.for_workspace(w)) for w in workspaces
+    ] or [(None, settings)]
+    # A bad users file or window fails here, before any team list is asked for.
+    listed = {name: None if s.needs_team_list else s.user_ids() for name, s in scopes}
+    settings.slices(now=now)
     async with AsyncExitStack() as stack:
         state_path = settings.state_path
         if state_path is not None:
             stack.enter_context(RunLock(state_path))
             if not fresh:  # a torn or hand-edited state fails before any request
                 RunState.load(state_path)
-        api = await stack.enter_async_context(open_api(settings, record=False, key=key))
-        client = api.client
-        if users is None:
-            users = [member.user_id for member in await client.team_members()]
-            log.info("team.members", users=len(users))
-        identity = settings.job_identity(users)
+        clients: dict[str | None, Client] = {}
+        users_of: dict[str | None, list[str]] = {}
+        for name, scope in scopes:
+            own_key = keys[name] if name is not None else key
+            api = await stack.enter_async_context(open_api(scope, record=False, key=own_key))
+            clients[name] = api.client
+            users = listed[name]
+            if users is None:
+                users = [member.user_id for member in await api.client.team_members()]
+                log.info("team.members", users=len(users), workspace=name)
+            users_of[name] = users
+        identity = _identity(scopes, users_of)
         after = catch_up_from(settings, identity) if settings.catch_up else None
-        specs = settings.queries(users, now=now, after=after)
+        specs = [
+            spec
+            for name, scope in scopes
+            for spec in scope.queries(users_of[name], now=now, after=after, workspace=name)
+        ]
+        client: PageSource = (
+            WorkspaceClients({str(name): c for name, c in clients.items()})
+            if workspaces
+            else clients[None]
+        )
         details = _describe(settings, specs, after)
         if not specs:
             log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
@@ -138,6 +174,16 @@ async def run_job(
             await checkpoint.finish("complete", ledger={identity: completed}, shape=summary.shape)
             details["completed_through"] = completed
     return JobOutcome(summary, sink, details=details)
+
+
+def _identity(
+    scopes: list[tuple[str | None, ExportSettings]], users_of: dict[str | None, list[str]]
+) -> str:
+    """The catch-up ledger's key: the job's, or with workspaces, all of theirs together."""
+    if len(scopes) == 1 and scopes[0][0] is None:
+        return scopes[0][1].job_identity(users_of[None])
+    parts = [f"{name}={scope.job_identity(users_of[name])}" for name, scope in scopes]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:
@@ -175,5 +221,6 @@ def _describe(
         "slices": len(windows),
         "types": list(settings.type),
         "user_batches": len({spec.user_ids for spec in specs}),
+        "workspaces": [w.name for w in settings.workspaces] if settings.workspaces else None,
         "catch_up_after": format_api_datetime(after) if after else None,
     }
