@@ -319,6 +319,9 @@ class ExportSettings(BaseSettings):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     # Several workspaces, each with its own key ([[workspaces]] in the config)
     workspaces: list[WorkspaceSettings] | None = None
+    # Distributed mode (fetcher enqueue / worker): the broker, tries per unit
+    broker: str | None = None
+    unit_attempts: int = Field(default=3, ge=1, le=100)
     # Logging
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -350,7 +353,7 @@ class ExportSettings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("shared_limiter")
+    @field_validator("shared_limiter", "broker")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://")):

@@ -61,6 +61,7 @@ __all__ = [
     "PostgresSink",
     "describe_dsn",
     "dsn_secrets",
+    "prepare_table",
     "redact",
     "upsert_sql",
 ]
@@ -141,6 +142,28 @@ def describe_dsn(dsn: str) -> str:
         user = f"{user}:{REDACTED}"
     where = parts.netloc.rpartition("@")[2]
     return f"{parts.scheme}://{user + '@' if user else ''}{where}{parts.path}"
+
+
+async def prepare_table(
+    connection: asyncpg.Connection[Any], table: str, schema: TableSchema, where: str
+) -> None:
+    """Create the table if it is missing, and refuse one with other columns.
+
+    Raises:
+        SinkError: the table has other columns (see :func:`check_columns`).
+        asyncpg.PostgresError: the server refused (the caller says where).
+    """
+    await connection.execute(create_table_sql(table, POSTGRES_TYPES, schema))
+    found = [
+        record["column_name"]
+        for record in await connection.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = $1 "
+            "ORDER BY ordinal_position",
+            table,
+        )
+    ]
+    check_columns(found, where, schema)
 
 
 def _require_asyncpg() -> None:
@@ -230,19 +253,7 @@ class PostgresSink(TableSink):
 
         where = f"table {self.table!r} at {self.target}"
         try:
-            await connection.execute(
-                create_table_sql(self.table, POSTGRES_TYPES, self.table_schema)
-            )
-            found = [
-                record["column_name"]
-                for record in await connection.fetch(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = $1 "
-                    "ORDER BY ordinal_position",
-                    self.table,
-                )
-            ]
-            check_columns(found, where, self.table_schema)
+            await prepare_table(connection, self.table, self.table_schema, where)
             # Preparing checks the ON CONFLICT target: a table without the key fails now.
             await connection.prepare(self._sql)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
