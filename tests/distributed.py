@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO
 from pydantic import SecretStr
 
-from fetcher.app.distributed import UnitWorker
+from fetcher.app.distributed import UnitWorker, shut_down
 from fetcher.app.settings import ExportSettings, load_settings
 from fetcher.distributed.broker import QUEUE, StopFlag, declare_actor
 
@@ -75,7 +75,7 @@ def stub_workers(
     try:
         yield broker, stop
     finally:
-        worker.stop()
+        shut_down(worker, work, stop)
         broker.close()
 
 

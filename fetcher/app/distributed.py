@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     import dramatiq
 
     from fetcher.distributed.ledger import Claim
+    from fetcher.run.client import Client
     from fetcher.spec import QuerySpec
 
 __all__ = [
@@ -272,9 +273,40 @@ class UnitWorker:
         self.stop = stop
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.env = env
+        # One client per job and workspace for the life of the worker: its limiter
+        # (the window it has learned) and its connections serve every unit of the key.
+        self._clients: dict[tuple[str, str | None], Client] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._opening: anyio.Lock | None = None
+        #: units in hand
+        self.busy = 0
+
+    async def _client(
+        self, job_id: str, workspace: str | None, scope: ExportSettings, key: SecretStr
+    ) -> Client:
+        if self._opening is None:
+            self._opening = anyio.Lock()
+        async with self._opening:
+            client = self._clients.get((job_id, workspace))
+            if client is None:
+                api = await self._stack.enter_async_context(open_api(scope, record=False, key=key))
+                client = self._clients[(job_id, workspace)] = api.client
+            return client
+
+    async def aclose(self) -> None:
+        """Close every client (on the worker's event loop, once no unit is in hand)."""
+        self._clients.clear()
+        await self._stack.aclose()
 
     async def __call__(self, job_id: str, unit_id: str) -> None:
         """Work the unit named by a message (a no-op for one done, failed or in hand)."""
+        self.busy += 1
+        try:
+            await self._take(job_id, unit_id)
+        finally:
+            self.busy -= 1
+
+    async def _take(self, job_id: str, unit_id: str) -> None:
         async with Ledger(self.dsn, schema=self.ledger_schema) as ledger:
             claim = await ledger.claim(job_id, unit_id, worker=self.name)
             if claim is None:
@@ -305,18 +337,18 @@ class UnitWorker:
                 key = api_key(scope)
             shared = scope.shared_limiter or self.broker_url
             scope = scope.model_copy(update={"shared_limiter": shared})
-            async with open_api(scope, record=False, key=key) as api:
-                outcome = await run_unit(
-                    job_id,
-                    claim,
-                    client=api.client,
-                    ledger=ledger,
-                    table=job.results_table,
-                    schema=schema_for(job.workspaces),
-                    max_pages=scope.max_pages,
-                    repair_rounds=scope.repair_rounds,
-                    should_stop=self.stop,
-                )
+            client = await self._client(job_id, unit.workspace, scope, key)
+            outcome = await run_unit(
+                job_id,
+                claim,
+                client=client,
+                ledger=ledger,
+                table=job.results_table,
+                schema=schema_for(job.workspaces),
+                max_pages=scope.max_pages,
+                repair_rounds=scope.repair_rounds,
+                should_stop=self.stop,
+            )
         except AuthError as exc:
             # A refused key: every unit of its workspace fails now, none burns retries.
             failed = await ledger.fail_workspace(job_id, unit.workspace, exc, worker=self.name)
@@ -368,6 +400,21 @@ def worker_dsn() -> SecretStr:
     return SecretStr(dsn)
 
 
+def shut_down(worker: dramatiq.Worker, work: UnitWorker, stop: StopFlag) -> None:
+    """Stop a worker: units commit the page in hand and go back; then clients close."""
+    from dramatiq.asyncio import get_event_loop_thread  # noqa: PLC0415
+
+    stop.set()
+    deadline = time.monotonic() + 60
+    while work.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop = get_event_loop_thread()
+    if loop is not None:
+        with contextlib.suppress(Exception):
+            loop.run_coroutine(work.aclose())
+    worker.stop(timeout=60_000)
+
+
 def run_workers(
     url: str, *, processes: int, threads: int, heartbeat_timeout_s: float, argv: list[str]
 ) -> int:
@@ -392,11 +439,15 @@ def run_workers(
     from dramatiq import Worker  # noqa: PLC0415  (optional dependency)
 
     stop = StopFlag()
-    declare_actor(broker, UnitWorker(dsn, broker=broker, broker_url=url, stop=stop))
+    work = UnitWorker(dsn, broker=broker, broker_url=url, stop=stop)
+    declare_actor(broker, work)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     worker = Worker(broker, queues={QUEUE}, worker_threads=threads, worker_timeout=200)
+    # One message per thread, not Dramatiq's two: a unit waits in the queue, where
+    # any idle worker can take it, rather than behind a busy worker's units.
+    worker.queue_prefetch = threads
     worker.start()
     log.info("worker.started", threads=threads, pid=os.getpid())
     try:
@@ -404,8 +455,7 @@ def run_workers(
             pass
     finally:
         # The units in hand commit their current page and are sent again.
-        stop.set()
-        worker.stop(timeout=60_000)
+        shut_down(worker, work, stop)
         broker.close()
     log.info("worker.stopped", pid=os.getpid())
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -132,10 +133,16 @@ async def run_job(
             users_of[name] = users
         identity = _identity(scopes, users_of)
         after = catch_up_from(settings, identity) if settings.catch_up else None
+        per_workspace = [
+            scope.queries(users_of[name], now=now, after=after, workspace=name)
+            for name, scope in scopes
+        ]
+        # The workspaces take turns, so the pool's first queries are on every key.
         specs = [
             spec
-            for name, scope in scopes
-            for spec in scope.queries(users_of[name], now=now, after=after, workspace=name)
+            for turn in itertools.zip_longest(*per_workspace)
+            for spec in turn
+            if spec is not None
         ]
         client: PageSource = (
             WorkspaceClients({str(name): c for name, c in clients.items()})

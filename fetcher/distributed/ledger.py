@@ -379,7 +379,11 @@ class Ledger:
         )
 
     async def to_send(self, job_id: str) -> list[str]:
-        """Every unit of the job not done, marked queued again (failures forgotten), in order."""
+        """Every unit of the job not done, marked queued again (failures forgotten).
+
+        In order of slice, type and batch, the workspaces taking turns: workers
+        taking units in that order work on as many keys at once as they can.
+        """
         rows = await self.connection.fetch(
             f"UPDATE {self._s}.units SET state = 'queued', failures = 0, error = NULL, "  # noqa: S608
             "enqueued_at = now(), updated_at = now() "
@@ -391,7 +395,13 @@ class Ledger:
             rows,
             key=lambda r: (r["workspace"] or "", r["window_start"], r["type"], r["user_batch"]),
         )
-        return [r["unit_id"] for r in rows]
+        # Workspaces interleaved, so the first units workers take are on different keys.
+        rank: dict[str | None, int] = {}
+        order = []
+        for row in rows:
+            n = rank[row["workspace"]] = rank.get(row["workspace"], -1) + 1
+            order.append((n, row["workspace"] or "", row["unit_id"]))
+        return [unit_id for _, _, unit_id in sorted(order)]
 
     # -- one unit's life -------------------------------------------------------
 
