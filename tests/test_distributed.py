@@ -268,6 +268,15 @@ async def test_workers_export_every_workspace_exactly_within_each_keys_window(
 ) -> None:
     async with job_with_workers(pg, tmp_path, workers_dir) as run:
         assert run.enqueued.strip() == f"job {run.job}: 12 units, 12 sent"
+        # Keys never travel: not in the messages, not in the ledger.
+        client = redis.Redis.from_url(REDIS_URL)
+        messages = "".join(map(str, client.hvals("dramatiq:fetcher.msgs")))
+        client.close()
+        assert messages.count(run.job) == 12
+        async with Ledger(pg[0]) as ledger:
+            recorded = repr(await ledger.job(run.job)) + repr(await ledger.units(run.job))
+        for key in (KEY_A, KEY_B, KEY_C):
+            assert key not in messages and key not in recorded
         run.workers.start()
         run.workers.start()
         code, state = await status(run.job, run.environ, "--wait", "--timeout", "60")
