@@ -225,6 +225,30 @@ async def job_with_workers(
             workers.stop_all()
 
 
+async def committed_pages(run: Job) -> list[tuple[str, int]]:
+    """The pages the ledger has committed, as (the simulator's query key, page)."""
+    async with Ledger(run.environ["FETCHER_POSTGRES_DSN"]) as ledger:
+        specs = {
+            u["unit_id"]: QuerySpec.model_validate(json.loads(u["spec"]))
+            for u in await ledger.units(run.job)
+        }
+        rows = await ledger.connection.fetch(
+            "SELECT unit_id, page FROM fetcher.page_checkpoints WHERE job_id = $1", run.job
+        )
+    return [(run.sim.query_key(specs[r["unit_id"]].body(1)), r["page"]) for r in rows]
+
+
+def assert_not_fetched_again(sim: RunningSimulator, committed: list[tuple[str, int]]) -> None:
+    """A page committed before a worker stopped was not asked for again.
+
+    The workspaces ask the same queries (one team, three keys), so the server answered
+    such a page once per workspace, and not once more.
+    """
+    answered = {(p["query"], p["page"]): p["successes"] for p in sim.stats.snapshot()["pages"]}
+    assert committed
+    assert {answered[page] for page in committed} == {len(WORKSPACES)}
+
+
 async def poll_until(
     done: Callable[[dict[str, Any]], bool], job: str, environ: dict[str, str]
 ) -> None:
@@ -305,11 +329,13 @@ async def test_a_worker_killed_mid_job_and_a_new_one_finish_it_exactly(
         first.wait()
         _, mid = await status(run.job, run.environ)
         assert mid["units"]["done"] < 18  # killed mid-job
+        committed = await committed_pages(run)
         run.workers.start()
         code, state = await status(run.job, run.environ, "--wait", "--timeout", "60")
         assert code == 0, run.workers.logs()
         assert state["units"]["done"] == 18
         await assert_exact(run.sim, pg[0], pg[1], days=3)
+        assert_not_fetched_again(run.sim, committed)
         assert_windows_kept(run.sim)
 
 
@@ -349,6 +375,7 @@ async def test_after_redis_loses_its_queue_enqueue_sends_exactly_what_is_not_don
         os.kill(worker.pid, signal.SIGTERM)  # it commits its page and sends its units back
         worker.wait(timeout=30)
         forget_the_queue()  # Redis keeps nothing on disk here, and restarted
+        committed = await committed_pages(run)
         code, state = await status(run.job, run.environ)
         assert code == 6
         not_done = 18 - state["units"]["done"]
@@ -361,6 +388,7 @@ async def test_after_redis_loses_its_queue_enqueue_sends_exactly_what_is_not_don
         code, state = await status(run.job, run.environ, "--wait", "--timeout", "60")
         assert code == 0, run.workers.logs()
         await assert_exact(run.sim, pg[0], pg[1], days=3)
+        assert_not_fetched_again(run.sim, committed)
 
 
 async def test_failures_a_refused_key_and_a_unit_out_of_attempts(
@@ -436,3 +464,28 @@ async def test_cli_errors_and_exit_codes(
         assert result.returncode == 6  # nobody works: still queued at the timeout
         assert result.stdout.startswith(f"job {job}: 0 done, 0 running, 12 queued, 0 failed")
         assert sim.stats.requests == len(WORKSPACES)  # the team lists, and nothing else
+
+
+async def test_sigterm_commits_the_page_in_hand_and_sends_the_rest_back(
+    redis_db: str, pg: tuple[str, str, list[str]], tmp_path: Path, workers_dir: Path
+) -> None:
+    """`fetcher worker --processes 2` stopped by SIGTERM: no unit left running, all resumable."""
+    async with job_with_workers(pg, tmp_path, workers_dir, days=3) as run:
+        parent = run.workers.start("--processes", "2")
+        await poll_until(lambda state: state["pages"] >= 10, run.job, run.environ)
+        os.kill(parent.pid, signal.SIGTERM)
+        assert parent.wait(timeout=30) == 0, run.workers.logs()
+        _, mid = await status(run.job, run.environ)
+        assert mid["units"]["running"] == 0  # every unit in hand went back to the queue
+        assert mid["units"]["done"] < 18
+        client = redis.Redis.from_url(REDIS_URL)
+        queued = client.llen("dramatiq:fetcher")
+        client.close()
+        assert queued == mid["units"]["queued"]  # its message is on the queue again
+        committed = await committed_pages(run)
+        assert len(committed) == mid["pages"]
+        run.workers.start()
+        code, _ = await status(run.job, run.environ, "--wait", "--timeout", "60")
+        assert code == 0, run.workers.logs()
+        await assert_exact(run.sim, pg[0], pg[1], days=3)
+        assert_not_fetched_again(run.sim, committed)
