@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -310,3 +311,31 @@ async def test_missing_workspace_variable_fails_before_any_request(tmp_path: Pat
         assert "GLOBEX_KEY" in result.stderr and "export GLOBEX_KEY=" in result.stderr
         assert KEY_A not in result.stderr + result.stdout
         assert sim.stats.requests == 0
+
+
+async def test_plan_gives_each_workspace_and_the_workers_the_job_can_use(tmp_path: Path) -> None:
+    async with (
+        serve(SimulatorConfig(seed=1, team_size=23, api_keys=(KEY_A,))) as acme_sim,
+        serve(SimulatorConfig(seed=2, team_size=17, api_keys=(KEY_B,))) as globex_sim,
+    ):
+        config = write_config(
+            tmp_path / "job.toml",
+            SHARED + "all_users = true\n",
+            f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
+            f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+        )
+        env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
+        result = await run_fetcher(["plan", "--config", str(config), "--json"], env)
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        assert set(plan["workspaces"]) == {"acme", "globex"}
+        # 2 days x 2 types per workspace; pages exact from each server's page 1
+        assert plan["units"] == 8 and plan["useful_workers"] == 2
+        assert plan["workspaces"]["acme"]["pages"] == 2 * 2 * 4  # 23 users / 7 per page
+        assert plan["workspaces"]["globex"]["pages"] == 2 * 2 * 3
+        text = await run_fetcher(["plan", "--config", str(config)], env)
+        assert "workspace acme:" in text.stdout and "workspace globex:" in text.stdout
+        assert "at most 2 worker thread(s) at once are useful" in text.stdout
+        missing = await run_fetcher(["plan", "--config", str(config)], {"ACME_KEY": KEY_A})
+        assert missing.returncode == 2 and "workspaces[globex].api_key_env" in missing.stderr
+        assert KEY_A not in text.stdout + text.stderr + missing.stderr

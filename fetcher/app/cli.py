@@ -585,9 +585,13 @@ async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
 async def _plan(
     settings: ExportSettings, *, probe: bool, as_json: bool, key: SecretStr | None
 ) -> ExitCode:
-    from fetcher.app.plan import make_plan  # noqa: PLC0415  (only for this command)
+    from fetcher.app.plan import JobPlan, RunPlan, make_job_plan, make_plan  # noqa: PLC0415
 
-    plan = await make_plan(settings, probe=probe, key=key)
+    plan: RunPlan | JobPlan
+    if settings.workspaces:  # one plan per key, and what the job can use
+        plan = await make_job_plan(settings, probe=probe)
+    else:
+        plan = await make_plan(settings, probe=probe, key=key)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))  # noqa: T201  (the command's output)
     else:
