@@ -55,7 +55,7 @@ def job_settings(path: Path, dsn: str, table: str, shared: str, *workspaces: str
 @contextmanager
 def stub_workers(
     dsn: str, schema: str, *, env: dict[str, str], threads: int = 2
-) -> Iterator[tuple[StubBroker, StopFlag]]:
+) -> Iterator[tuple[StubBroker, StopFlag, UnitWorker]]:
     """Dramatiq's StubBroker with fetcher's actor and a running in-process worker."""
     broker = StubBroker()
     broker.add_middleware(AsyncIO())
@@ -73,7 +73,7 @@ def stub_workers(
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
     worker.start()
     try:
-        yield broker, stop
+        yield broker, stop, work
     finally:
         shut_down(worker, work, stop)
         broker.close()

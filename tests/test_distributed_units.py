@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from fetcher.app.distributed import enqueue, job_status
+from fetcher.app.distributed import UnitWorker, enqueue, job_status
 from fetcher.app.settings import load_settings
-from fetcher.distributed.broker import send_units
+from fetcher.distributed.broker import StopFlag, UnitRetry, send_units
 from fetcher.distributed.ledger import Claim, Ledger
 from fetcher.distributed.runner import UnitOutcome, run_unit
 from fetcher.distributed.units import Unit, check_job_id, message_args, split
@@ -239,7 +239,7 @@ async def test_stub_broker_runs_a_job_exactly_and_a_second_delivery_changes_noth
         settings = job_settings(tmp_path / "job.toml", dsn, table, SHARED, acme, globex)
         env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
         monkeypatch.setenv("ACME_KEY", KEY_A)  # enqueue asks acme's team list with it
-        with stub_workers(dsn, schema, env=env) as (broker, _):
+        with stub_workers(dsn, schema, env=env) as (broker, _, _):
             result = await enqueue(settings, broker=broker, ledger_schema=schema)
             assert (result.units, result.sent, result.new) == (12, 12, True)
             await join(broker)
@@ -287,7 +287,7 @@ async def test_a_unit_out_of_attempts_fails_and_enqueue_again_retries_just_it(
         )
         monkeypatch.setenv("ACME_KEY", KEY_A)
         env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
-        with stub_workers(dsn, schema, env=env) as (broker, _):
+        with stub_workers(dsn, schema, env=env) as (broker, _, _):
             result = await enqueue(settings, broker=broker, ledger_schema=schema)
             await join(broker)
             status = await job_status(SecretStr(dsn), result.job_id, ledger_schema=schema)
@@ -320,7 +320,7 @@ async def test_a_refused_key_fails_its_workspaces_units_at_once(
         settings = job_settings(tmp_path / "job.toml", dsn, table, SHARED, acme, globex)
         monkeypatch.setenv("ACME_KEY", KEY_A)
         env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}  # KEY_B is not a key this server takes
-        with stub_workers(dsn, schema, env=env, threads=1) as (broker, _):
+        with stub_workers(dsn, schema, env=env, threads=1) as (broker, _, _):
             result = await enqueue(settings, broker=broker, ledger_schema=schema)
             await join(broker)
         status = await job_status(SecretStr(dsn), result.job_id, ledger_schema=schema)
@@ -342,7 +342,7 @@ async def test_a_worker_without_the_key_fails_the_unit_saying_which_variable(
         acme, globex = two_workspaces(sim.base_url)
         settings = job_settings(tmp_path / "job.toml", dsn, table, SHARED, acme, globex)
         monkeypatch.setenv("ACME_KEY", KEY_A)
-        with stub_workers(dsn, schema, env={"ACME_KEY": KEY_A}) as (broker, _):
+        with stub_workers(dsn, schema, env={"ACME_KEY": KEY_A}) as (broker, _, _):
             result = await enqueue(settings, broker=broker, ledger_schema=schema)
             await join(broker)
         status = await job_status(SecretStr(dsn), result.job_id, ledger_schema=schema)
@@ -356,3 +356,33 @@ async def test_enqueue_refuses_a_file_sink_before_anything(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="PostgreSQL only") as caught:
         await enqueue(load_settings({}, config_file=path), broker=object())  # type: ignore[arg-type]
     assert caught.value.field == "--sink"
+
+
+async def test_one_client_per_key_serves_every_unit_and_the_next_job(
+    pg: tuple[str, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn, schema, table = pg
+    async with serve(SimulatorConfig(seed=3, team_size=6, api_keys=(KEY_A, KEY_B))) as sim:
+        acme, globex = two_workspaces(sim.base_url)
+        settings = job_settings(tmp_path / "job.toml", dsn, table, SHARED, acme, globex)
+        monkeypatch.setenv("ACME_KEY", KEY_A)
+        env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
+        with stub_workers(dsn, schema, env=env) as (broker, _, work):
+            for job in (own_name("job"), own_name("job")):
+                await enqueue(settings, broker=broker, job_id=job, ledger_schema=schema)
+                await join(broker)
+                assert (await job_status(SecretStr(dsn), job, ledger_schema=schema)).ok
+            assert len(work._clients) == 2  # acme's and globex's, for 24 units of two jobs
+
+
+async def test_a_ledger_out_of_reach_leaves_the_unit_to_dramatiqs_retries() -> None:
+    work = UnitWorker(
+        SecretStr("postgresql://fetcher:s3cret-pw@127.0.0.1:9/test"),
+        broker=object(),  # type: ignore[arg-type]
+        broker_url=None,
+        stop=StopFlag(),
+    )
+    with pytest.raises(UnitRetry, match="cannot connect") as caught:
+        await work("job-1", "unit-1")
+    assert "s3cret-pw" not in str(caught.value)
+    assert work.busy == 0

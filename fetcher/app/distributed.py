@@ -53,7 +53,7 @@ from fetcher.distributed.broker import (
 from fetcher.distributed.ledger import LEDGER_SCHEMA, JobStatus, Ledger
 from fetcher.distributed.runner import run_unit
 from fetcher.distributed.units import check_job_id, split
-from fetcher.errors import AuthError, ConfigError, FetcherError
+from fetcher.errors import AuthError, ConfigError, FetcherError, SinkError
 from fetcher.sinks._schema import check_table_name, schema_for
 from fetcher.sinks.postgres import describe_dsn
 
@@ -273,24 +273,24 @@ class UnitWorker:
         self.stop = stop
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.env = env
-        # One client per job and workspace for the life of the worker: its limiter
-        # (the window it has learned) and its connections serve every unit of the key.
-        self._clients: dict[tuple[str, str | None], Client] = {}
+        # One client per key and client settings for the life of the worker: its
+        # limiter (the window it has learned) and its connections serve every unit of
+        # the key, in this job and the next ones.
+        self._clients: dict[str, Client] = {}
         self._stack = contextlib.AsyncExitStack()
         self._opening: anyio.Lock | None = None
         #: units in hand
         self.busy = 0
 
-    async def _client(
-        self, job_id: str, workspace: str | None, scope: ExportSettings, key: SecretStr
-    ) -> Client:
+    async def _client(self, scope: ExportSettings, key: SecretStr) -> Client:
         if self._opening is None:
             self._opening = anyio.Lock()
+        which = _client_identity(scope, key)
         async with self._opening:
-            client = self._clients.get((job_id, workspace))
+            client = self._clients.get(which)
             if client is None:
                 api = await self._stack.enter_async_context(open_api(scope, record=False, key=key))
-                client = self._clients[(job_id, workspace)] = api.client
+                client = self._clients[which] = api.client
             return client
 
     async def aclose(self) -> None:
@@ -307,7 +307,12 @@ class UnitWorker:
             self.busy -= 1
 
     async def _take(self, job_id: str, unit_id: str) -> None:
-        async with Ledger(self.dsn, schema=self.ledger_schema) as ledger:
+        ledger = Ledger(self.dsn, schema=self.ledger_schema)
+        try:
+            await ledger.__aenter__()
+        except SinkError as exc:  # the database is away: Dramatiq tries again later
+            raise UnitRetry(f"unit {unit_id}: {exc}") from None
+        try:
             claim = await ledger.claim(job_id, unit_id, worker=self.name)
             if claim is None:
                 log.info("unit.skipped", job=job_id, unit=unit_id, reason="done, failed or busy")
@@ -317,6 +322,8 @@ class UnitWorker:
             finally:
                 with contextlib.suppress(Exception):
                     await ledger.release(job_id, unit_id)
+        finally:
+            await ledger.__aexit__(None, None, None)
 
     async def _work(self, ledger: Ledger, job_id: str, claim: Claim) -> None:
         unit = claim.unit
@@ -337,7 +344,7 @@ class UnitWorker:
                 key = api_key(scope)
             shared = scope.shared_limiter or self.broker_url
             scope = scope.model_copy(update={"shared_limiter": shared})
-            client = await self._client(job_id, unit.workspace, scope, key)
+            client = await self._client(scope, key)
             outcome = await run_unit(
                 job_id,
                 claim,
@@ -382,6 +389,34 @@ class UnitWorker:
             return
         await ledger.finish(job_id, unit.unit_id)
         log.info("unit.done", job=job_id, unit=unit.unit_id, pages=outcome.pages)
+
+
+#: The settings a client is made of (with the key): units that agree on them share one.
+_CLIENT_FIELDS: Final = frozenset(
+    {
+        "base_url",
+        "allow_insecure_http",
+        "ca_bundle",
+        "concurrency",
+        "rate_limit",
+        "shared_limiter",
+        "timeout",
+        "max_attempts",
+        "max_retry_after",
+        "max_body_bytes",
+        "records_path",
+        "user_id_field",
+        "simulator",
+    }
+)
+
+
+def _client_identity(scope: ExportSettings, key: SecretStr) -> str:
+    """A digest of the key and the client's settings (never the key itself)."""
+    settings = scope.model_dump_json(include=set(_CLIENT_FIELDS))
+    chosen = ",".join(sorted(scope.model_fields_set & {"concurrency"}))
+    text = f"{key.get_secret_value()}\0{settings}\0{chosen}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def worker_dsn() -> SecretStr:
