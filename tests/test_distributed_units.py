@@ -356,6 +356,13 @@ async def test_enqueue_refuses_a_file_sink_before_anything(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="PostgreSQL only") as caught:
         await enqueue(load_settings({}, config_file=path), broker=object())  # type: ignore[arg-type]
     assert caught.value.field == "--sink"
+    path.write_text(
+        SHARED + 'users = ["a"]\nsink = "postgres"\npostgres_dsn = "postgresql://db/x"\n'
+        "catch_up = true\n"
+    )
+    with pytest.raises(ConfigError, match="give the job its window") as caught:
+        await enqueue(load_settings({}, config_file=path), broker=object())  # type: ignore[arg-type]
+    assert caught.value.field == "catch_up"
 
 
 async def test_one_client_per_key_serves_every_unit_and_the_next_job(

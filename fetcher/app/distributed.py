@@ -185,6 +185,12 @@ async def enqueue(
     """
     dsn = postgres_dsn(settings)
     check_table_name(settings.table)
+    if settings.catch_up:
+        raise ConfigError(
+            "catch-up follows a state file, and distributed jobs have none: give the job its "
+            'window (window = "yesterday", or start/end) and enqueue it; the ledger resumes it',
+            field="catch_up",
+        )
     if job_id is not None:
         check_job_id(job_id)
     if broker is None:
