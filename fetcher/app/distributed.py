@@ -78,6 +78,12 @@ __all__ = [
 log = structlog.get_logger("fetcher.app.distributed")
 
 BROKER_ENV: Final = "FETCHER_BROKER_URL"
+#: Requests in flight per key in one worker process, unless the job sets ``concurrency``
+#: (or a ``rate_limit``, which sizes it): every process on every host shares the key's
+#: window, and more in flight per process only piles up at its edges. Measured (benchmark
+#: (l), 4 processes on 12 keys): 16 with the auto raise gave 1-10 refusals a run and 0.75-0.85
+#: of the ideal; 4 gave none and 0.95.
+WORKER_CONCURRENCY: Final = 4
 DSN_ENV: Final = "FETCHER_POSTGRES_DSN"
 
 
@@ -348,8 +354,10 @@ class UnitWorker:
                 key = resolve_workspace_key(settings.workspace(unit.workspace), env=self.env)
             else:
                 key = api_key(scope)
-            shared = scope.shared_limiter or self.broker_url
-            scope = scope.model_copy(update={"shared_limiter": shared})
+            update: dict[str, Any] = {"shared_limiter": scope.shared_limiter or self.broker_url}
+            if "concurrency" not in scope.model_fields_set and scope.rate_limit is None:
+                update["concurrency"] = WORKER_CONCURRENCY
+            scope = scope.model_copy(update=update)
             client = await self._client(scope, key)
             outcome = await run_unit(
                 job_id,
