@@ -1,6 +1,6 @@
 """Every benchmark of the project in one command, each scenario on its own simulator.
 
-    python -m benchmarks.run [--scenario a,b,...,k] [--quick] [--profile] [--fetcher-root PATH]
+    python -m benchmarks.run [--scenario a,b,...,l] [--quick] [--profile] [--fetcher-root PATH]
 
 Each scenario starts ``python -m fetcher.simulator`` on a free local port and
 runs its contenders one after another against that same server and dataset,
@@ -46,6 +46,12 @@ fast but wrong contender cannot win.
     Targets: extract at least 8x faster latency-bound, at least 0.85 of the limit
     limit-bound. See :mod:`benchmarks.bench_dlt` (skipped without dlt).
 
+(l) many workers (issue 16): 12 keys with their own limits x 7 daily slices x 2
+    types, over 1, 2 and 4 ``fetcher worker`` processes and in one ``fetcher export``
+    process; throughput against the sum of the keys' limits. Target: utilisation at
+    least 0.85 with 4 workers. Needs Redis and PostgreSQL. See
+    :mod:`benchmarks.bench_distributed`.
+
 ``--quick`` runs small versions of every scenario (a smoke test; the targets
 are shown but mean nothing at that size). The dlt contender is skipped when
 dlt is not installed (``pip install -e '.[bench]'``).
@@ -64,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import bench_dlt, bench_limits, bench_streaming
+from benchmarks import bench_distributed, bench_dlt, bench_limits, bench_streaming
 from benchmarks._harness import (
     KEY,
     Measured,
@@ -545,6 +551,8 @@ SCENARIOS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
     **bench_streaming.SCENARIOS,
     # fetcher as a dlt source: see benchmarks.bench_dlt.
     **bench_dlt.SCENARIOS,
+    # Many workers on Dramatiq and Redis: see benchmarks.bench_distributed.
+    **bench_distributed.SCENARIOS,
 }
 #: The scenarios that can run another tree's fetcher (``--fetcher-root``).
 ROOTED: Final = frozenset(bench_limits.SCENARIOS) | frozenset(bench_streaming.SCENARIOS)

@@ -30,6 +30,7 @@ __all__ = [
     "TIMEOUT_S",
     "TIMEZONE",
     "TYPE",
+    "UNIT_ATTEMPTS",
     "USER_BATCH_SIZE",
     "USER_ID_FIELD",
 ]
@@ -70,6 +71,8 @@ TIMEZONE: Final = "UTC"
 TABLE: Final = "team_stats"
 #: Seconds between checkpoints, at most.
 CHECKPOINT_INTERVAL_S: Final = 1.0
+#: Tries of one unit of a distributed job (``fetcher worker``), its pages resumed each time.
+UNIT_ATTEMPTS: Final = 3
 #: Log lines for people, from ``info`` up.
 LOG_FORMAT: Final = "console"
 LOG_LEVEL: Final = "info"

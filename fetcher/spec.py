@@ -163,6 +163,9 @@ class QuerySpec(BaseModel):
             Defaults to ``prospectAdded`` (prospect) or ``emailSent`` (email).
         sort_order: ``"desc"`` (default) or ``"asc"``.
         page_size: records per page, 1 to :data:`MAX_PAGE_SIZE`.
+        workspace: the configured workspace (``[[workspaces]]``) whose key asks
+            for it; never sent to the API. ``None`` (no workspaces) leaves the
+            query's key as it always was.
 
     Raises:
         SpecError: naming the field that is wrong (a
@@ -188,6 +191,7 @@ class QuerySpec(BaseModel):
     order_by: str | None = None
     sort_order: SortOrder = "desc"
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    workspace: str | None = None
 
     @model_validator(mode="after")
     def _check_window_and_order(self) -> Self:
@@ -224,8 +228,12 @@ class QuerySpec(BaseModel):
         Computed once per spec: it hashes the whole query, every user id included,
         and every page, log line and checkpoint of the query asks for it.
         """
-        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
-        return f"{self.type}:{self.start.date()}..{self.end.date()}:{digest}"
+        # Without a workspace the query is hashed exactly as before workspaces
+        # existed, so state files of earlier runs still resume.
+        dumped = self.model_dump_json(exclude={"workspace"} if self.workspace is None else None)
+        digest = hashlib.sha256(dumped.encode()).hexdigest()[:12]
+        where = "" if self.workspace is None else f"{self.workspace}/"
+        return f"{where}{self.type}:{self.start.date()}..{self.end.date()}:{digest}"
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy (see pydantic); the cached :attr:`key` is not carried over."""

@@ -77,10 +77,10 @@ def _name(requirement: str) -> str:
 
 
 def test_constraints_pin_every_dependency_ci_installs() -> None:
-    """constraints.txt pins (==) every runtime, parquet, postgres and dev dependency."""
+    """constraints.txt pins (==) every runtime, optional and dev dependency CI installs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"]}
-    for extra in ("dev", "parquet", "postgres"):
+    for extra in ("dev", "parquet", "postgres", "distributed"):
         wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
     pinned = {}
     for raw in (ROOT / "constraints.txt").read_text().splitlines():

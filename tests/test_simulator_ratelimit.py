@@ -628,3 +628,42 @@ def test_cli_rejects_a_foreign_share_without_a_rate_limit(
         main(["--port", "0", "--foreign-share", "0.5"])
     assert exited.value.code == 2
     assert "foreign_share" in capsys.readouterr().err
+
+
+# --- a limit per key (workspaces on their own plans) ------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["first-request", "aligned", "sliding"])
+def test_each_key_has_its_own_limit_and_busiest_window(mode: WindowMode) -> None:
+    clock = FakeClock(offset=1_000_000.0)
+    limiter = RateLimiter(
+        5,
+        1.0,
+        mode=mode,
+        clock=clock.monotonic,
+        wall_clock=clock.wall,
+        key_limits={"a": 1, "b": 3},
+    )
+    admitted = {key: sum(limiter.hit(key).allowed for _ in range(6)) for key in ("a", "b", "z")}
+    assert admitted == {"a": 1, "b": 3, "z": 5}  # z has no limit of its own: the default
+    assert limiter.check("b").limit == 3
+    assert limiter.describe()["keys"] == [
+        {"limit": 1, "max_in_window": 1},
+        {"limit": 3, "max_in_window": 3},
+    ]
+    clock.now += 1.5  # the next window
+    assert limiter.hit("a").allowed
+    limiter.reset()
+    assert [k["max_in_window"] for k in limiter.describe()["keys"]] == [0, 0]
+
+
+def test_key_rate_limits_need_one_per_key_and_a_default() -> None:
+    with pytest.raises(ValidationError, match="one per key"):
+        SimulatorConfig(api_keys=("a", "b"), rate_limit=5, key_rate_limits=(1,))
+    with pytest.raises(ValidationError, match="needs rate_limit"):
+        SimulatorConfig(api_keys=("a",), key_rate_limits=(1,))
+    args = ["--port", "0", "--api-key", "a", "--api-key", "b", "--rate-limit", "9"]
+    config = config_from_args(build_parser().parse_args([*args, "--key-rate-limits", "2,4"]))
+    assert config.key_rate_limits == (2, 4)
+    limiter = RateLimiter.from_config(config)
+    assert (limiter.limit_for("a"), limiter.limit_for("b"), limiter.limit_for("c")) == (2, 4, 9)

@@ -19,8 +19,8 @@ code = main(sys.argv[1:])
 print(json.dumps({"code": int(code), "modules": sorted(sys.modules)}))
 """
 
-#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's), and dlt (an extra).
-HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock", "dlt")
+#: Libraries that only a run needs (the HTTP stack, the sinks', Redis's), and the extras'.
+HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock", "dlt", "dramatiq")
 
 
 def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
@@ -50,7 +50,17 @@ def roots(modules: set[str]) -> set[str]:
     return {name.split(".")[0] for name in modules}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["export", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["plan", "--help"],
+        ["export", "--help"],
+        ["enqueue", "--help"],
+        ["worker", "--help"],
+        ["status", "--help"],
+    ],
+)
 def test_help_loads_nothing_but_the_parser(tmp_path: Path, argv: list[str]) -> None:
     """`fetcher --help` and a command's help load no settings, logging, HTTP stack or sink."""
     code, modules = loaded(*argv, cwd=tmp_path)

@@ -69,6 +69,7 @@ class ExitCode(enum.IntEnum):
     AUTH = 3  #: the API refused the key
     INCOMPLETE = 4  #: the run finished but some pages are missing (see the report)
     FAILED = 5  #: the run was stopped: API unreachable, unusable responses, sink failure
+    PENDING = 6  #: fetcher status: units are still queued or running
     INTERRUPTED = 130  #: stopped by Ctrl-C / SIGINT
 
 
@@ -240,6 +241,63 @@ def _add_quiet_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed_commands(commands: Any) -> None:
+    """``enqueue``, ``worker`` and ``status``: one job over many workers (Dramatiq, Redis)."""
+    broker_help = (
+        "the Redis broker, redis://HOST:PORT/DB (default: FETCHER_BROKER_URL, broker = in the "
+        "config, else redis://127.0.0.1:6379/0)"
+    )
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="split a job into units and queue them for workers",
+        description="Resolve a job into units (workspace x slice x type x user batch), record "
+        "them in the PostgreSQL ledger (schema fetcher) and send one message per unit not yet "
+        'done. The job must write to PostgreSQL (sink = "postgres", FETCHER_POSTGRES_DSN).',
+    )
+    enqueue.add_argument("--config", type=Path, required=True, help="the job's TOML config file")
+    enqueue.add_argument("--broker", metavar="URL", help=broker_help)
+    enqueue.add_argument(
+        "--job-id",
+        help="the job's id (default: derived from its queries, so the same job "
+        "enqueued again resumes)",
+    )
+    _add_logging_options(enqueue)
+
+    worker = commands.add_parser(
+        "worker",
+        help="work queued units until SIGTERM",
+        description="Run Dramatiq workers for fetcher's queue until SIGTERM or SIGINT. Each "
+        "reads its units from the ledger (FETCHER_POSTGRES_DSN) and each workspace's key from "
+        "its own environment or key file. On SIGTERM a worker commits the page in hand and "
+        "leaves the rest of its unit for the next delivery.",
+    )
+    worker.add_argument("--broker", metavar="URL", help=broker_help)
+    worker.add_argument("--processes", type=int, default=1, help="worker processes (1)")
+    worker.add_argument("--threads", type=int, default=4, help="units per process at once (4)")
+    worker.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds without a heartbeat before a dead worker's units go to others (60)",
+    )
+    _add_logging_options(worker)
+
+    status = commands.add_parser(
+        "status",
+        help="where a distributed job stands",
+        description="Units done / running / queued / failed, pages and records of a job, from "
+        "the ledger (FETCHER_POSTGRES_DSN, or postgres_dsn in --config). Exit 0: every unit "
+        "done; 4: a unit failed; 6: units still queued or running (also at --timeout).",
+    )
+    status.add_argument("job_id", metavar="JOB_ID", help="the id `fetcher enqueue` printed")
+    status.add_argument("--wait", action="store_true", help="wait until no unit is pending")
+    status.add_argument("--timeout", type=float, metavar="S", help="with --wait: wait at most S")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--config", type=Path, help="a config file naming postgres_dsn")
+    _add_logging_options(status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fetcher`` argument parser."""
     parser = _Parser(
@@ -289,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_export_options(check_parser)
     _add_logging_options(check_parser)
+
+    _add_distributed_commands(commands)
 
     demo_parser = commands.add_parser(
         "demo",
@@ -492,9 +552,13 @@ async def _demo(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
 async def _plan(
     settings: ExportSettings, *, probe: bool, as_json: bool, key: SecretStr | None
 ) -> ExitCode:
-    from fetcher.app.plan import make_plan  # noqa: PLC0415  (only for this command)
+    from fetcher.app.plan import JobPlan, RunPlan, make_job_plan, make_plan  # noqa: PLC0415
 
-    plan = await make_plan(settings, probe=probe, key=key)
+    plan: RunPlan | JobPlan
+    if settings.workspaces:  # one plan per key, and what the job can use
+        plan = await make_job_plan(settings, probe=probe)
+    else:
+        plan = await make_plan(settings, probe=probe, key=key)
     if as_json:
         print(json.dumps(plan.to_dict(), indent=2))  # noqa: T201  (the command's output)
     else:
@@ -517,7 +581,15 @@ async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode
 async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
     if args.command == "demo":
         return await _demo(args, secrets)
-    from fetcher.app.settings import load_settings, resolve_api_key  # noqa: PLC0415
+    if args.command in ("enqueue", "status"):
+        from fetcher.app.distributed import run_distributed  # noqa: PLC0415
+
+        return ExitCode(await run_distributed(args, secrets))
+    from fetcher.app.settings import (  # noqa: PLC0415
+        load_settings,
+        resolve_api_key,
+        resolve_workspace_key,
+    )
 
     settings = load_settings(_flags(args), config_file=args.config)
     if settings.postgres_dsn is not None:
@@ -532,6 +604,9 @@ async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
         with contextlib.suppress(ConfigError):
             key = resolve_api_key(settings)
             secrets.append(key.get_secret_value())
+    for workspace in settings.workspaces or ():  # each workspace's key, never logged either
+        with contextlib.suppress(ConfigError):
+            secrets.append(resolve_workspace_key(workspace, warn=False).get_secret_value())
     if args.command == "plan":
         _setup_logging(args, settings, secrets, calm=True)
         return await _plan(settings, probe=args.probe, as_json=args.json, key=key)
@@ -572,6 +647,10 @@ def _run(args: argparse.Namespace) -> int:
     secrets = _secrets_from_env()
     configure_logging(fmt=args.log_format or "console", secrets=secrets)
     try:
+        if args.command == "worker":  # Dramatiq runs its own event loop
+            from fetcher.app.distributed import run_worker_command  # noqa: PLC0415
+
+            return run_worker_command(args, secrets)
         return int(anyio.run(_main, args, secrets))
     except KeyboardInterrupt:
         _say("fetcher: interrupted; run the same command again to resume")

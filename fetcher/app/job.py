@@ -13,6 +13,13 @@ before the first request:
    batches; all of them share one client, so one limiter;
 5. the export, checkpointed, resuming an interrupted run of the same queries;
 6. on success, the ledger entry that the next ``--catch-up`` starts from.
+
+With ``[[workspaces]]``, step 1 resolves every workspace's key (a missing
+variable fails here, naming the workspace), and steps 2 and 4 run per
+workspace, each with its own client and so its own limiter; the queries of
+all of them then run as one export into one sink
+(:class:`~fetcher.run.router.WorkspaceClients` routes each query to its
+workspace's client), every row carrying its ``workspace``.
 """
 
 from __future__ import annotations
@@ -25,17 +32,20 @@ from typing import TYPE_CHECKING
 import structlog
 
 from fetcher.app.connect import api_key, open_api
-from fetcher.app.resolve import preflight, resolve_run
-from fetcher.app.settings import ExportSettings
+from fetcher.app.resolve import preflight, resolve_run, scopes_of
+from fetcher.app.settings import ExportSettings, resolve_workspace_key
 from fetcher.errors import ConfigError, FetcherError
 from fetcher.run.checkpoint import Checkpointer, RunLock, RunState
 from fetcher.run.pool import RunSummary, Watcher, export
+from fetcher.run.router import WorkspaceClients
 from fetcher.sinks.factory import make_sink
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from fetcher.run.client import Client
+    from fetcher.run.router import PageSource
     from fetcher.sinks import Sink
     from fetcher.spec import QuerySpec
 
@@ -83,25 +93,37 @@ async def run_job(
     """
     if settings.out is None and settings.sink != "postgres":
         raise ConfigError("required: the file to write, e.g. --out stats.jsonl", field="--out")
-    if key is None:
-        key = api_key(settings)  # no key is a usage error, found before anything else
+    workspaces = settings.workspaces or []
+    # No key is a usage error, found before anything else; one per workspace.
+    keys = {w.name: resolve_workspace_key(w) for w in workspaces}
+    if key is None and not workspaces:
+        key = api_key(settings)
     sink = make_sink(
         settings.out,
         sink=settings.sink,
         table=settings.table,
         postgres_dsn=settings.postgres_dsn,
+        workspaces=bool(workspaces),
     )
-    users = preflight(settings, now=now)
+    listed = preflight(settings, now=now)  # a bad users file or window fails here
     async with AsyncExitStack() as stack:
         state_path = settings.state_path
         if state_path is not None:
             stack.enter_context(RunLock(state_path))
             if not fresh:  # a torn or hand-edited state fails before any request
                 RunState.load(state_path)
-        api = await stack.enter_async_context(open_api(settings, record=False, key=key))
-        client = api.client
-        run = await resolve_run(settings, users, client=client, now=now)
+        clients: dict[str | None, Client] = {}
+        for name, scope in scopes_of(settings):
+            own_key = keys[name] if name is not None else key
+            api = await stack.enter_async_context(open_api(scope, record=False, key=own_key))
+            clients[name] = api.client
+        run = await resolve_run(settings, listed, clients=clients, now=now)
         identity, after, specs = run.identity, run.after, run.specs
+        client: PageSource = (
+            WorkspaceClients({str(name): c for name, c in clients.items()})
+            if workspaces
+            else clients[None]
+        )
         details = _describe(settings, specs, after)
         if not specs:
             log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
@@ -151,5 +173,6 @@ def _describe(
         "slices": len(windows),
         "types": list(settings.type),
         "user_batches": len({spec.user_ids for spec in specs}),
+        "workspaces": [w.name for w in settings.workspaces] if settings.workspaces else None,
         "catch_up_after": format_api_datetime(after) if after else None,
     }

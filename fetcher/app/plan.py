@@ -40,7 +40,7 @@ import structlog
 
 from fetcher.app.connect import ApiSession, Observed, open_api
 from fetcher.app.resolve import preflight, resolve_run
-from fetcher.app.settings import ExportSettings
+from fetcher.app.settings import ExportSettings, resolve_workspace_key
 from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
 from fetcher.http.retry import RetryPolicy
 from fetcher.run.client import Client
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from fetcher.http.limiter import Rate
     from fetcher.spec import QuerySpec
 
-__all__ = ["QueryEstimate", "RunPlan", "ServerLimit", "make_plan"]
+__all__ = ["JobPlan", "QueryEstimate", "RunPlan", "ServerLimit", "make_job_plan", "make_plan"]
 
 log = structlog.get_logger("fetcher.app.plan")
 
@@ -306,6 +306,82 @@ class RunPlan:
             yield f"              {bound}"
 
 
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """With ``[[workspaces]]``: one plan per workspace (its key, its limit), and the job's.
+
+    A job's units (one per workspace x slice x type x user batch) run side by side
+    only across keys: every worker shares each key's window, so the job can use at
+    most one worker thread per key with work at once (a unit's pages already go
+    concurrently); more threads only wait. The job cannot end before its busiest key.
+    """
+
+    workspaces: tuple[tuple[str, RunPlan], ...]
+
+    @property
+    def units(self) -> int:
+        """Units of the job: its queries, over every workspace."""
+        return sum(len(plan.queries) for _, plan in self.workspaces)
+
+    @property
+    def useful_workers(self) -> int:
+        """Worker threads the job can keep busy at once: one per key with work."""
+        return sum(1 for _, plan in self.workspaces if plan.queries)
+
+    @property
+    def min_run_s(self) -> float | None:
+        """The busiest key's least time (the keys run side by side)."""
+        bounds = [plan.min_run_s for _, plan in self.workspaces if plan.min_run_s is not None]
+        return max(bounds) if bounds else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (``fetcher plan --json``)."""
+        return {
+            "workspaces": {name: plan.to_dict() for name, plan in self.workspaces},
+            "units": self.units,
+            "pages": sum(plan.pages for _, plan in self.workspaces),
+            "requests": sum(plan.requests for _, plan in self.workspaces),
+            "useful_workers": self.useful_workers,
+            "min_run_s": _round(self.min_run_s),
+        }
+
+    def lines(self) -> Iterator[str]:
+        """The plan as text, for people: each workspace's, then the job's."""
+        for name, plan in self.workspaces:
+            yield f"workspace {name}:"
+            for line in plan.lines():
+                yield "  " + line
+        pages = sum(plan.pages for _, plan in self.workspaces)
+        yield (
+            f"job: {self.units} unit(s) (workspace x slice x type x user batch), {pages:,} "
+            f"page(s) over {len(self.workspaces)} key(s)"
+        )
+        if self.min_run_s is not None:
+            yield f"  min time  {_seconds(self.min_run_s)}: the busiest key's"
+        yield (
+            f"  workers   at most {self.useful_workers} worker thread(s) at once are useful "
+            "(one unit per key: every worker shares each key's window; more only wait)"
+        )
+
+
+async def make_job_plan(
+    settings: ExportSettings, *, probe: bool = True, now: dt.datetime | None = None
+) -> JobPlan:
+    """:func:`make_plan` for each workspace, with its own key, URL, users and rate.
+
+    Raises:
+        ConfigError: a workspace's key cannot be found (before any request).
+        AuthError: a key was refused.
+    """
+    workspaces = settings.workspaces or []
+    keys = {w.name: resolve_workspace_key(w) for w in workspaces}
+    plans = [
+        (w.name, await make_plan(settings.for_workspace(w), probe=probe, now=now, key=keys[w.name]))
+        for w in workspaces
+    ]
+    return JobPlan(tuple(plans))
+
+
 def _local(when: dt.datetime) -> str:
     """A window bound in its own zone, to the millisecond, without the offset."""
     return when.replace(tzinfo=None).isoformat(sep=" ", timespec="milliseconds")
@@ -409,16 +485,16 @@ async def make_plan(
         ConnectError: the API cannot be reached.
         FetcherError: the team member list could not be fetched.
     """
-    users = preflight(settings, now=now)  # what needs no request fails before any
+    listed = preflight(settings, now=now)  # what needs no request fails before any
     notes: list[str] = []
-    if not probe and users is not None:
-        run = await resolve_run(settings, users, now=now)
+    if not probe and None not in listed.values():
+        run = await resolve_run(settings, listed, now=now)
         estimated = [_estimate(spec) for spec in run.specs]
         return _plan(settings, run.specs, estimated, run.users, after=run.after, notes=notes)
     # The team list is retried like in an export (open_api's default policy);
     # probes are not (see below).
     async with open_api(settings, key=key) as api:
-        run = await resolve_run(settings, users, client=api.client, now=now)
+        run = await resolve_run(settings, listed, clients={None: api.client}, now=now)
         specs, users, after = run.specs, run.users, run.after
         if probe:
             # One request per query, never more: a probe that fails is estimated instead.

@@ -80,6 +80,7 @@ class RunReport(_Strict):
     slices: int | None = None
     types: list[str] | None = None
     user_batches: int | None = None
+    workspaces: list[str] | None = None
     catch_up_after: str | None = None
     completed_through: str | None = None
 

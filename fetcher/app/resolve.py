@@ -1,19 +1,27 @@
 """Settings into a run: the users, the job's identity, where ``--catch-up`` starts, the queries.
 
-``fetcher export`` (:mod:`fetcher.app.job`) and ``fetcher plan``
-(:mod:`fetcher.app.plan`) resolve a run the same way, so the plan shows the
-queries the export will send. In two steps, because what can be checked
-without the network must fail before the first request:
+``fetcher export`` (:mod:`fetcher.app.job`), ``fetcher plan``
+(:mod:`fetcher.app.plan`) and ``fetcher enqueue``
+(:mod:`fetcher.app.distributed`) resolve a run the same way, so the plan
+shows the queries the export will send and the units are those queries. In
+two steps, because what can be checked without the network must fail before
+the first request:
 
-1. :func:`preflight`: the users given (or ``None``: ask for the team list) and
-   the window, from the settings alone;
-2. :func:`resolve_run`: with a client for the team list, the job's identity,
-   the catch-up position from the state file's ledger, and the queries.
+1. :func:`preflight`: for each scope (each workspace, or the settings
+   themselves), the users given (or ``None``: ask for the team list), and the
+   window, from the settings alone;
+2. :func:`resolve_run`: with a client per scope for the team lists, the job's
+   identity, the catch-up position from the state file's ledger, and the
+   queries, the workspaces taking turns so that a pool's first queries are on
+   every key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,9 +34,12 @@ if TYPE_CHECKING:
     from fetcher.http.client import PageClient
     from fetcher.spec import QuerySpec
 
-__all__ = ["ResolvedRun", "catch_up_from", "preflight", "resolve_run"]
+__all__ = ["ResolvedRun", "Scope", "catch_up_from", "preflight", "resolve_run", "scopes_of"]
 
 log = structlog.get_logger("fetcher.app.resolve")
+
+#: A workspace's name (``None`` without workspaces) and the settings as it sees them.
+Scope = tuple["str | None", "ExportSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,53 +47,89 @@ class ResolvedRun:
     """What an export of these settings sends.
 
     Attributes:
-        users: every user of the run, in order.
+        users_of: every user of each scope, in order (``None``: no workspaces).
         identity: the job's identity (settings that pick the rows, not the output).
         after: with ``--catch-up``, the end of the last window this job completed.
         specs: the queries; empty when catch-up finds nothing new.
     """
 
-    users: list[str]
+    users_of: dict[str | None, list[str]]
     identity: str
     after: dt.datetime | None
     specs: list[QuerySpec]
 
+    @property
+    def users(self) -> list[str]:
+        """Every user of the run, scope after scope."""
+        return [user for users in self.users_of.values() for user in users]
 
-def preflight(settings: ExportSettings, *, now: dt.datetime | None = None) -> list[str] | None:
-    """Check what needs no request; the users given, or ``None`` for every team member.
+
+def scopes_of(settings: ExportSettings) -> list[Scope]:
+    """Each workspace as it sees the settings (its URL, users, rate); else the settings."""
+    workspaces = settings.workspaces or []
+    return [(w.name, settings.for_workspace(w)) for w in workspaces] or [(None, settings)]
+
+
+def preflight(
+    settings: ExportSettings, *, now: dt.datetime | None = None
+) -> dict[str | None, list[str] | None]:
+    """Check what needs no request; per scope the users given, or ``None`` for the team's.
 
     Raises:
         ConfigError: a bad users file or window, before any request.
     """
-    users = None if settings.needs_team_list else settings.user_ids()
-    settings.slices(now=now)  # a bad window fails here, before the team list is asked for
-    return users
+    listed = {name: None if s.needs_team_list else s.user_ids() for name, s in scopes_of(settings)}
+    settings.slices(now=now)  # a bad window fails here, before any team list is asked for
+    return listed
 
 
 async def resolve_run(
     settings: ExportSettings,
-    users: list[str] | None,
+    listed: Mapping[str | None, list[str] | None],
     *,
-    client: PageClient | None = None,
+    clients: Mapping[str | None, PageClient] | None = None,
     now: dt.datetime | None = None,
 ) -> ResolvedRun:
     """The run's users, identity, catch-up position and queries.
 
     Args:
         settings: validated settings.
-        users: from :func:`preflight`; ``None`` asks ``client`` for the team list.
-        client: the API, for the team list (not needed when ``users`` is given).
+        listed: from :func:`preflight`; a scope's ``None`` asks its client for the team.
+        clients: the API of each scope asking for its team list.
         now: the moment relative windows are evaluated at (default: now).
     """
-    if users is None:
-        if client is None:
-            raise ValueError("resolve_run: the team list needs a client")
-        users = [member.user_id for member in await client.team_members()]
-        log.info("team.members", users=len(users))
-    identity = settings.job_identity(users)
+    scopes = scopes_of(settings)
+    users_of: dict[str | None, list[str]] = {}
+    for name, _ in scopes:
+        users = listed[name]
+        if users is None:
+            client = (clients or {}).get(name)
+            if client is None:
+                raise ValueError(
+                    f"resolve_run: the team list of {name or 'the job'} needs a client"
+                )
+            users = [member.user_id for member in await client.team_members()]
+            log.info("team.members", users=len(users), workspace=name)
+        users_of[name] = users
+    identity = _identity(scopes, users_of)
     after = catch_up_from(settings, identity) if settings.catch_up else None
-    specs = settings.queries(users, now=now, after=after)
-    return ResolvedRun(users, identity, after, specs)
+    per_scope = [
+        scope.queries(users_of[name], now=now, after=after, workspace=name)
+        for name, scope in scopes
+    ]
+    # The workspaces take turns, so the pool's first queries are on every key.
+    specs = [
+        spec for turn in itertools.zip_longest(*per_scope) for spec in turn if spec is not None
+    ]
+    return ResolvedRun(users_of, identity, after, specs)
+
+
+def _identity(scopes: list[Scope], users_of: Mapping[str | None, list[str]]) -> str:
+    """The catch-up ledger's key: the job's, or with workspaces, all of theirs together."""
+    if len(scopes) == 1 and scopes[0][0] is None:
+        return scopes[0][1].job_identity(users_of[None])
+    parts = [f"{name}={scope.job_identity(users_of[name])}" for name, scope in scopes]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def catch_up_from(settings: ExportSettings, identity: str) -> dt.datetime | None:

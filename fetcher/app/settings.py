@@ -10,6 +10,13 @@ The API key is deliberately not a setting: it comes from ``SALESHANDY_API_KEY``
 or from a key file (``--api-key-file``, or ``api_key_file`` in the config),
 never from a flag (it would show in the process list) or from the config file
 itself (see :func:`resolve_api_key`).
+
+Several workspaces, each with its own key, are ``[[workspaces]]`` tables in the
+config file (:class:`WorkspaceSettings`): a ``name``, where its key is
+(``api_key_env``, the name of a variable, or ``api_key_file``), and optionally
+its own ``base_url``, users and ``rate_limit``; everything else is shared.
+:meth:`ExportSettings.for_workspace` gives one workspace's settings, and
+:func:`resolve_workspace_key` its key.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -64,7 +72,15 @@ from fetcher.spec import (
     SpecError,
 )
 
-__all__ = ["API_KEY_ENV", "ExportSettings", "load_settings", "read_users_file", "resolve_api_key"]
+__all__ = [
+    "API_KEY_ENV",
+    "ExportSettings",
+    "WorkspaceSettings",
+    "load_settings",
+    "read_users_file",
+    "resolve_api_key",
+    "resolve_workspace_key",
+]
 
 API_KEY_ENV: Final = "SALESHANDY_API_KEY"
 ENV_PREFIX: Final = "FETCHER_"
@@ -82,6 +98,15 @@ def _split_list(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+def _readable_rate(value: str) -> str:
+    Rate.parse(value)  # raises ValueError naming the accepted forms
+    return value
+
+
+#: A rate as written (``30/min``), checked readable.
+RateText = Annotated[str, AfterValidator(_readable_rate)]
 TypeList = Annotated[list[ReportType], NoDecode, BeforeValidator(_split_list)]
 
 
@@ -135,6 +160,110 @@ class SimulatorSettings(BaseModel):
     fault_rate: float = Field(default=0.0, ge=0, le=1)
 
 
+def check_base_url(value: str) -> str:
+    """A base URL: ``simulator``, or an http(s) URL without its trailing slash.
+
+    Raises:
+        ValueError: with an example of a good one.
+    """
+    if value == SIMULATOR_URL:
+        return value
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(
+            f"{value!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL} "
+            f"(or {SIMULATOR_URL!r} for the built-in simulator)"
+        )
+    return value.rstrip("/")
+
+
+def check_key_only_over_https(base_url: str, *, allow_insecure_http: bool) -> None:
+    """Refuse plain http to another host unless the user said so.
+
+    Raises:
+        ValueError: naming the URL and the two ways out.
+    """
+    if base_url.startswith("http://") and not allow_insecure_http:
+        host = urlsplit(base_url).hostname or ""
+        if not is_loopback(host):
+            raise ValueError(
+                f"base_url {base_url!r} is plain http to another host: the API key "
+                "would cross the network unencrypted. Use https://, or pass "
+                "--allow-insecure-http if you really mean it"
+            )
+
+
+_WORKSPACE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class WorkspaceSettings(BaseModel):
+    """One ``[[workspaces]]`` table: a Saleshandy workspace, its key, and what differs.
+
+    Its key is never in the config: ``api_key_env`` names the environment
+    variable that holds it, or ``api_key_file`` a file. ``base_url``, the users
+    (``users``, ``users_file`` or ``all_users``) and ``rate_limit`` override the
+    shared settings for this workspace only; unset, the shared ones apply.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    base_url: str | None = None
+    users: CommaList | None = None
+    users_file: Path | None = None
+    all_users: bool = False
+    rate_limit: RateText | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _WORKSPACE_NAME.fullmatch(value):
+            raise ValueError(
+                f"workspace name {value!r}: use letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit, at most 64 characters (e.g. acme)"
+            )
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an environment variable name; api_key_env names the "
+                'variable that holds the key (e.g. api_key_env = "ACME_SALESHANDY_KEY"), '
+                "it is not the key"
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_url(value)
+
+    @model_validator(mode="after")
+    def _one_key_one_way(self) -> WorkspaceSettings:
+        if self.api_key_env is None and self.api_key_file is None:
+            raise ValueError(
+                f'workspace {self.name!r} has no key; set api_key_env = "VARIABLE" (the '
+                'environment variable holding its key) or api_key_file = "PATH"'
+            )
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError(f"workspace {self.name!r}: give api_key_env or api_key_file, not both")
+        ways = [self.users is not None, self.users_file is not None, self.all_users]
+        if sum(ways) > 1:
+            raise ValueError(
+                f"workspace {self.name!r}: give one of users, users_file or all_users, not several"
+            )
+        return self
+
+    @property
+    def sets_users(self) -> bool:
+        """Whether this workspace names its own users (else the shared ones apply)."""
+        return self.users is not None or self.users_file is not None or self.all_users
+
+
 class ExportSettings(BaseSettings):
     """Every setting of ``fetcher export``; each can be a flag, a variable or a config key."""
 
@@ -167,7 +296,7 @@ class ExportSettings(BaseSettings):
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     # How to fetch
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=256)
-    rate_limit: str | None = None
+    rate_limit: RateText | None = None
     shared_limiter: str | None = None
     timeout: float = Field(default=defaults.TIMEOUT_S, gt=0, le=3600)
     max_attempts: int = Field(default=defaults.MAX_ATTEMPTS, ge=1, le=100)
@@ -189,6 +318,11 @@ class ExportSettings(BaseSettings):
     catch_up: bool = False
     # The built-in simulator, when base_url = "simulator"
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    # Several workspaces, each with its own key ([[workspaces]] in the config)
+    workspaces: list[WorkspaceSettings] | None = None
+    # Distributed mode (fetcher enqueue / worker): the broker, tries per unit
+    broker: str | None = None
+    unit_attempts: int = Field(default=defaults.UNIT_ATTEMPTS, ge=1, le=100)
     # Logging
     log_format: Literal["console", "json"] = defaults.LOG_FORMAT
     log_level: Literal["debug", "info", "warning", "error"] = defaults.LOG_LEVEL
@@ -220,14 +354,7 @@ class ExportSettings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("rate_limit")
-    @classmethod
-    def _readable_rate(cls, value: str | None) -> str | None:
-        if value is not None:
-            Rate.parse(value)
-        return value
-
-    @field_validator("shared_limiter")
+    @field_validator("shared_limiter", "broker")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://")):
@@ -237,14 +364,29 @@ class ExportSettings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value == SIMULATOR_URL:
-            return value
-        if not value.startswith(("http://", "https://")):
+        return check_base_url(value)
+
+    @field_validator("workspaces")
+    @classmethod
+    def _unique_workspaces(
+        cls, value: list[WorkspaceSettings] | None
+    ) -> list[WorkspaceSettings] | None:
+        if value is None:
+            return None
+        if not value:
             raise ValueError(
-                f"{value!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL} "
-                f"(or {SIMULATOR_URL!r} for the built-in simulator)"
+                "no workspaces; add [[workspaces]] tables with a name and api_key_env, "
+                "or remove the key"
             )
-        return value.rstrip("/")
+        seen: set[str] = set()
+        for workspace in value:
+            if workspace.name in seen:
+                raise ValueError(
+                    f"two workspaces are named {workspace.name!r}; give each [[workspaces]] "
+                    "table its own name (it is part of every row's key)"
+                )
+            seen.add(workspace.name)
+        return value
 
     @field_validator("window")
     @classmethod
@@ -294,15 +436,50 @@ class ExportSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _key_only_over_https(self) -> ExportSettings:
-        if self.base_url.startswith("http://") and not self.allow_insecure_http:
-            host = urlsplit(self.base_url).hostname or ""
-            if not is_loopback(host):
-                raise ValueError(
-                    f"base_url {self.base_url!r} is plain http to another host: the API key "
-                    "would cross the network unencrypted. Use https://, or pass "
-                    "--allow-insecure-http if you really mean it"
+        check_key_only_over_https(self.base_url, allow_insecure_http=self.allow_insecure_http)
+        for workspace in self.workspaces or ():
+            if workspace.base_url is not None:
+                check_key_only_over_https(
+                    workspace.base_url, allow_insecure_http=self.allow_insecure_http
                 )
         return self
+
+    def workspace(self, name: str) -> WorkspaceSettings:
+        """The workspace called ``name``.
+
+        Raises:
+            ConfigError: no such workspace in the config.
+        """
+        for workspace in self.workspaces or ():
+            if workspace.name == name:
+                return workspace
+        known = ", ".join(w.name for w in self.workspaces or ()) or "none"
+        raise ConfigError(
+            f"no workspace named {name!r} in the config (it has: {known}); check the "
+            "config file this process reads",
+            field="workspaces",
+        )
+
+    def for_workspace(self, workspace: WorkspaceSettings) -> ExportSettings:
+        """These settings as one workspace sees them: its key, URL, users and rate.
+
+        The result has no workspaces of its own; what the workspace does not
+        set is shared.
+        """
+        update: dict[str, Any] = {"workspaces": None, "api_key_file": workspace.api_key_file}
+        if workspace.base_url is not None:
+            update["base_url"] = workspace.base_url
+        if workspace.sets_users:
+            update.update(
+                users=workspace.users,
+                users_file=workspace.users_file,
+                all_users=workspace.all_users,
+            )
+        if workspace.rate_limit is not None:
+            update["rate_limit"] = workspace.rate_limit
+            if "concurrency" not in self.model_fields_set:
+                update["concurrency"] = default_concurrency(Rate.parse(workspace.rate_limit))
+        return self.model_copy(update=update)
 
     @property
     def uses_simulator(self) -> bool:
@@ -410,6 +587,7 @@ class ExportSettings(BaseSettings):
         *,
         now: dt.datetime | None = None,
         after: dt.datetime | None = None,
+        workspace: str | None = None,
     ) -> list[QuerySpec]:
         """Every query of the run: slice x report type x user batch, validated.
 
@@ -417,6 +595,8 @@ class ExportSettings(BaseSettings):
             users: the user ids (default: from ``users`` or ``users_file``).
             now: the moment relative windows are evaluated at.
             after: catch-up: skip what ends at or before this instant.
+            workspace: the workspace the queries are asked in (their key and
+                every row carry it).
 
         Raises:
             ConfigError: naming the setting that makes a query invalid.
@@ -440,6 +620,7 @@ class ExportSettings(BaseSettings):
                                 order_by=self.order_by,
                                 sort_order=self.sort_order,
                                 page_size=self.page_size,
+                                workspace=workspace,
                             )
                         )
                     except SpecError as exc:
@@ -522,6 +703,9 @@ def config_error(exc: ValidationError, *, source: Mapping[str, str] | None) -> C
         # with the field it blames.
         field = next((name for name in _SPEC_FIELDS if message.startswith(name + " ")), "")
     where = (source or {}).get(field) or (flag_name(field) if field else "")
+    if field == "workspaces" and len(loc) > 1 and loc[1].isdigit():
+        # [[workspaces]] table n (1-based, as a reader counts them), and its key
+        where = f"{where}: table #{int(loc[1]) + 1}" + (f", key {loc[2]!r}" if len(loc) > 2 else "")
     if field in _SPEC_FIELDS and source is None:
         where = flag_name(_SPEC_FIELDS[field])
     return ConfigError(message, field=where or None)
@@ -599,6 +783,16 @@ def _check_config_file(path: Path) -> None:
                 f"set {API_KEY_ENV} or put the key in a file and set api_key_file",
                 field=f"{path}: {key}",
             )
+    workspaces = data.get("workspaces")
+    for number, table in enumerate(workspaces if isinstance(workspaces, list) else [], 1):
+        for key in ("api_key", "x_api_key", "key"):
+            if isinstance(table, dict) and key in table:
+                raise ConfigError(
+                    f"{path}: [[workspaces]] table #{number}: key {key!r}: the API key must "
+                    'not be written into the config file; set api_key_env = "VARIABLE" '
+                    '(a variable holding it) or api_key_file = "PATH"',
+                    field=f"{path}: workspaces #{number}: {key}",
+                )
 
 
 def warn_if_readable_by_others(path: Path) -> None:
@@ -640,5 +834,51 @@ def resolve_api_key(settings: ExportSettings, *, env: Mapping[str, str] | None =
     if not key:
         raise ConfigError(
             f"no API key; set {API_KEY_ENV} or pass --api-key-file PATH", field="api key"
+        )
+    return SecretStr(key)
+
+
+def resolve_workspace_key(
+    workspace: WorkspaceSettings, *, env: Mapping[str, str] | None = None, warn: bool = True
+) -> SecretStr:
+    """A workspace's key, from its variable (``api_key_env``) or file (``api_key_file``).
+
+    Args:
+        workspace: the workspace.
+        env: the environment (default: ``os.environ``).
+        warn: warn when the key file can be read by others (once per command).
+
+    Raises:
+        ConfigError: naming the workspace and its key setting: the variable is
+            unset or empty, or the file cannot be read or is empty.
+    """
+    env = os.environ if env is None else env
+    where = f"workspaces[{workspace.name}]"
+    if workspace.api_key_file is not None:
+        path = workspace.api_key_file
+        if warn:
+            warn_if_readable_by_others(path)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the key file {path} of workspace {workspace.name!r}: "
+                f"{exc.strerror or exc}; check api_key_file",
+                field=f"{where}.api_key_file",
+            ) from None
+        if not key:
+            raise ConfigError(
+                f"the key file {path} of workspace {workspace.name!r} is empty; put its key in it",
+                field=f"{where}.api_key_file",
+            )
+        return SecretStr(key)
+    assert workspace.api_key_env is not None  # one of the two, see WorkspaceSettings
+    key = env.get(workspace.api_key_env, "").strip()
+    if not key:
+        raise ConfigError(
+            f"the variable {workspace.api_key_env} holding the key of workspace "
+            f"{workspace.name!r} is not set in this environment; set it (export "
+            f"{workspace.api_key_env}=...) or give the workspace an api_key_file",
+            field=f"{where}.api_key_env",
         )
     return SecretStr(key)

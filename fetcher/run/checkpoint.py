@@ -444,7 +444,9 @@ class Checkpointer:
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
         for spec in specs:
-            described = spec.model_dump(mode="json", exclude={"user_ids"})
+            # No workspace: described as before workspaces existed.
+            unsaid = {"user_ids"} if spec.workspace is not None else {"user_ids", "workspace"}
+            described = spec.model_dump(mode="json", exclude=unsaid)
             # JSON, not a joined string: ("a\nb",) and ("a", "b") are different batches.
             batch = hashlib.sha256(orjson.dumps(spec.user_ids)).hexdigest()[:16]
             state.users.setdefault(batch, list(spec.user_ids))

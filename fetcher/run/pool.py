@@ -51,6 +51,7 @@ from fetcher.errors import (
 from fetcher.http.client import PageClient
 from fetcher.models import ShapeFindings, inspect_shape
 from fetcher.run.paging import DEFAULT_MAX_PAGES, QueryPlan, Resume, Schedule
+from fetcher.run.router import PageSource
 from fetcher.spec import MAX_PAGE_SIZE, QuerySpec, format_api_datetime
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ class Paginator:
 
     def __init__(
         self,
-        client: PageClient,
+        client: PageSource,
         queries: Iterable[QuerySpec],
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
@@ -731,7 +732,7 @@ async def export(
     queries: QuerySpec | Iterable[QuerySpec],
     sink: Sink,
     *,
-    client: PageClient | None = None,
+    client: PageSource | None = None,
     queue_size: int | None = None,
     max_pages: int = DEFAULT_MAX_PAGES,
     checkpoint: Checkpointer | None = None,

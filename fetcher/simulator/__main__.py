@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
     parser.add_argument("--max-page-size", type=int, default=1000)
     parser.add_argument("--rate-limit", type=int, default=None, help="requests per window per key")
+    parser.add_argument(
+        "--key-rate-limits",
+        help="one limit per --api-key, in order, comma-separated (each key's own plan)",
+    )
     parser.add_argument("--rate-window", type=float, default=60.0, help="window length, seconds")
     parser.add_argument("--rate-limit-status", type=int, choices=(429, 400), default=429)
     parser.add_argument("--reset-format", choices=get_args(ResetFormat), default="epoch")
@@ -152,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         latency_jitter_ms=args.latency_jitter_ms,
         max_page_size=args.max_page_size,
         rate_limit=args.rate_limit,
+        key_rate_limits=tuple(int(n) for n in (args.key_rate_limits or "").split(",") if n.strip()),
         rate_window_s=args.rate_window,
         rate_window_mode=args.rate_window_mode,
         rate_window_phase_s=args.rate_window_phase,

@@ -79,6 +79,10 @@ class SimulatorConfig(BaseModel):
         latency_jitter_ms: up to this much more, drawn per request from the seed.
         max_page_size: a ``limit`` above this is answered with HTTP 400.
         rate_limit: requests per window per API key; ``None`` disables rate limiting.
+        key_rate_limits: one limit per key of ``api_keys``, in their order, each
+            overriding ``rate_limit`` for its key (workspaces on their own plans);
+            empty, every key has ``rate_limit``. Needs ``rate_limit`` (the window
+            layout and the default).
         rate_window_s: length of a rate-limit window (W).
         rate_window_mode: how windows are laid out: ``"first-request"``, ``"aligned"`` or
             ``"sliding"`` (see :data:`WindowMode`).
@@ -126,6 +130,7 @@ class SimulatorConfig(BaseModel):
     latency_jitter_ms: float = Field(default=0, ge=0)
     max_page_size: int = Field(default=MAX_PAGE_SIZE, ge=1)
     rate_limit: int | None = Field(default=None, ge=1)
+    key_rate_limits: tuple[Annotated[int, Field(ge=1)], ...] = ()
     rate_window_s: float = Field(default=60.0, gt=0)
     rate_window_mode: WindowMode = "first-request"
     rate_window_phase_s: Annotated[float, Field(allow_inf_nan=False)] | None = None
@@ -143,6 +148,17 @@ class SimulatorConfig(BaseModel):
     hidden_users: frozenset[str] = frozenset()
     drop_fields: frozenset[str] = frozenset()
     extra_fields: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_limit_per_key(self) -> Self:
+        if self.key_rate_limits and self.rate_limit is None:
+            raise ValueError("key_rate_limits needs rate_limit set (the default limit)")
+        if self.key_rate_limits and len(self.key_rate_limits) != len(self.api_keys):
+            raise ValueError(
+                f"key_rate_limits has {len(self.key_rate_limits)} limits for "
+                f"{len(self.api_keys)} api_keys; give one per key, in order"
+            )
+        return self
 
     @model_validator(mode="after")
     def _foreign_client_needs_a_limit(self) -> Self:

@@ -35,7 +35,7 @@ import email.utils
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -278,6 +278,8 @@ class RateLimiter:
         count_refused: count refused requests as hits too.
         clock: a monotonic clock in seconds (first-request and sliding windows).
         wall_clock: epoch seconds (aligned windows, and ``reset_at``).
+        key_limits: keys with a limit of their own (each key's plan), in the order
+            the stats list them; a key not named has ``limit``.
     """
 
     def __init__(
@@ -291,8 +293,11 @@ class RateLimiter:
         count_refused: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        key_limits: Mapping[str, int] | None = None,
     ) -> None:
         self._limit = limit
+        self._key_limits = dict(key_limits or {})
+        self._max_by_key: dict[str, int] = {}
         self._window_s = window_s
         self._mode = mode
         self._phase_s = phase_s
@@ -312,6 +317,7 @@ class RateLimiter:
         """
         if config.rate_limit is None:
             raise ValueError("rate_limit is None: there is no limit to enforce")
+        key_limits = dict(zip(config.api_keys, config.key_rate_limits, strict=False))
         return cls(
             config.rate_limit,
             config.rate_window_s,
@@ -319,7 +325,12 @@ class RateLimiter:
             phase_s=aligned_phase(config.rate_window_s, config.rate_window_phase_s, config.seed),
             count_on=config.rate_count_on,
             count_refused=config.rate_count_refused,
+            key_limits=key_limits,
         )
+
+    def limit_for(self, key: str) -> int:
+        """The limit of ``key``: its own, or the default."""
+        return self._key_limits.get(key, self._limit)
 
     @property
     def phase_s(self) -> float | None:
@@ -336,8 +347,12 @@ class RateLimiter:
         return self._max_in_window
 
     def describe(self) -> dict[str, Any]:
-        """The settings and the busiest window, as JSON-able data for the stats."""
-        return {
+        """The settings and the busiest window, as JSON-able data for the stats.
+
+        With per-key limits, ``keys`` lists each key's limit and busiest window, in
+        the order of ``api_keys`` (the keys themselves are secrets: never shown).
+        """
+        described: dict[str, Any] = {
             "limit": self._limit,
             "window_s": self._window_s,
             "mode": self._mode,
@@ -346,6 +361,12 @@ class RateLimiter:
             "count_refused": self._count_refused,
             "max_in_window": self._max_in_window,
         }
+        if self._key_limits:
+            described["keys"] = [
+                {"limit": limit, "max_in_window": self._max_by_key.get(key, 0)}
+                for key, limit in self._key_limits.items()
+            ]
+        return described
 
     def _now(self) -> tuple[float, float]:
         """(the mode's clock, the wall clock): one reading, so aligned resets are exact."""
@@ -361,12 +382,14 @@ class RateLimiter:
                 case "aligned":
                     window = AlignedWindow(self._window_s, self._phase_s)
                 case "sliding":
-                    window = SlidingLog(self._window_s, self._limit)
+                    window = SlidingLog(self._window_s, self.limit_for(key))
             self._windows[key] = window
         return window
 
-    def _count(self, window: _Window, now: float) -> None:
-        self._max_in_window = max(self._max_in_window, window.add(now))
+    def _count(self, key: str, window: _Window, now: float) -> None:
+        hits = window.add(now)
+        self._max_in_window = max(self._max_in_window, hits)
+        self._max_by_key[key] = max(self._max_by_key.get(key, 0), hits)
 
     def check(self, key: str) -> Decision:
         """Decide whether a request for ``key`` is admitted; count it if ``count_on="arrival"``.
@@ -376,14 +399,15 @@ class RateLimiter:
         now, wall = self._now()
         window = self._window(key)
         counted = window.count(now)
-        allowed = counted < self._limit
+        limit = self.limit_for(key)
+        allowed = counted < limit
         if self._count_on == "arrival" and (allowed or self._count_refused):
-            self._count(window, now)
+            self._count(key, window, now)
         reset_in = window.reset_in(now)
         return Decision(
             allowed=allowed,
-            limit=self._limit,
-            remaining=self._limit - counted - 1 if allowed else 0,
+            limit=limit,
+            remaining=limit - counted - 1 if allowed else 0,
             reset_in=reset_in,
             reset_at=wall + reset_in,
         )
@@ -396,7 +420,7 @@ class RateLimiter:
         """
         if self._count_on == "answer" and (decision.allowed or self._count_refused):
             now, _ = self._now()
-            self._count(self._window(key), now)
+            self._count(key, self._window(key), now)
 
     def hit(self, key: str) -> Decision:
         """Check a request that is answered at once: :meth:`check`, then :meth:`answered`."""
@@ -408,6 +432,7 @@ class RateLimiter:
         """Forget every window (a fresh quota for every key) and the busiest window."""
         self._windows.clear()
         self._max_in_window = 0
+        self._max_by_key.clear()
 
 
 #: The name of the limiter when it had one mode; its defaults are still that mode,

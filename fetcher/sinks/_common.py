@@ -19,7 +19,7 @@ import anyio
 
 from fetcher.errors import SinkError
 from fetcher.files import replace_atomically, write_atomically
-from fetcher.sinks._schema import COLUMNS, dedupe, rows
+from fetcher.sinks._schema import PLAIN_SCHEMA, TableSchema, dedupe
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -57,9 +57,12 @@ def provenance(page: Page) -> dict[str, Any]:
     ``_query`` is the query's key, ``_page`` the page number, ``_type`` and
     ``_count_by`` the report settings, ``_window_start``/``_window_end`` the
     query's window as sent, and ``_fetched_at`` when the page arrived (UTC).
+    With ``[[workspaces]]``, ``_workspace`` (the workspace's name) comes first.
     """
     query = page.query
+    head = {} if query.workspace is None else {"_workspace": query.workspace}
     return {
+        **head,
         "_query": query.key,
         "_page": page.number,
         "_type": query.type,
@@ -286,6 +289,8 @@ class TableSink:
     """
 
     records: int
+    #: the columns and key (a subclass sets its own with ``workspaces=True``)
+    table_schema: TableSchema = PLAIN_SCHEMA
 
     def resume_from(self, token: Mapping[str, Any]) -> None:
         """Accept any checkpoint: rows are committed per page and upserts are idempotent."""
@@ -301,7 +306,7 @@ class TableSink:
             SinkError: a record cannot be keyed, or the database refused the rows
                 (nothing of the page is kept then).
         """
-        page_rows = dedupe(rows(page))
+        page_rows = dedupe(self.table_schema.rows(page), self.table_schema)
         if not page_rows:
             return
         await self._write_rows(page_rows, page)
@@ -318,19 +323,21 @@ class TableSink:
             log.info("output.complete", **where, records=self.records)
 
 
-def check_columns(found: Sequence[str], where: str) -> None:
-    """Refuse a table whose columns are not :data:`~fetcher.sinks._schema.COLUMNS`, in order.
+def check_columns(found: Sequence[str], where: str, schema: TableSchema = PLAIN_SCHEMA) -> None:
+    """Refuse a table whose columns are not the schema's, in order.
 
     Args:
         found: the table's column names, in order.
         where: the table as messages name it, e.g. ``table 'team_stats' in stats.duckdb``.
+        schema: the columns expected (plain, or with ``workspace``).
 
     Raises:
         SinkError: the columns differ, naming the missing and the unknown ones.
     """
-    if list(found) != list(COLUMNS):
-        missing = [c for c in COLUMNS if c not in found]
-        unknown = [c for c in found if c not in COLUMNS]
+    columns = schema.columns
+    if list(found) != list(columns):
+        missing = [c for c in columns if c not in found]
+        unknown = [c for c in found if c not in columns]
         raise SinkError(
             f"{where} already exists with other columns "
             f"(missing: {', '.join(missing) or '-'}; not ours: {', '.join(unknown) or '-'}"

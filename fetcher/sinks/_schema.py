@@ -23,6 +23,12 @@ count_by, user_id): one user's counts for one report over one window. Database
 sinks upsert on it, so exporting the same window again replaces rows instead
 of adding them.
 
+With ``[[workspaces]]`` in the config, one table holds several workspaces'
+rows: the schema :data:`WORKSPACE_SCHEMA` puts a ``workspace`` column (text,
+the workspace's configured name) first and makes it part of the key. Without
+workspaces nothing changes: :data:`PLAIN_SCHEMA` is exactly the columns
+above, so existing tables and files go on as they were.
+
 Metric columns are the union of both report types' metrics, in the reference
 page's order: the prospect metrics, then the email-only ones (``email_sent``).
 A metric a report type does not have is NULL in its rows, so a prospect and
@@ -59,6 +65,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import NoneType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -81,15 +88,19 @@ __all__ = [
     "METRIC_COLUMNS",
     "METRIC_COLUMN_NAMES",
     "PER_PAGE_COLUMNS",
+    "PLAIN_SCHEMA",
     "SCHEMA_ID",
     "USER_ID_INDEX",
     "VALUE_COLUMNS",
+    "WORKSPACE_SCHEMA",
     "ColumnKind",
+    "TableSchema",
     "check_table_name",
     "create_table_sql",
     "dedupe",
     "quote_ident",
     "rows",
+    "schema_for",
     "upsert_tail",
 ]
 
@@ -304,32 +315,121 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def create_table_sql(table: str, types: Mapping[ColumnKind, str]) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for the schema, keyed on :data:`KEY_COLUMNS`.
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """The columns one table or file holds, and its natural key.
+
+    Attributes:
+        columns: every column, in order.
+        key: the natural key (what an upsert replaces on).
+        kinds: what each column holds.
+        per_page: columns with one value for every row of a page.
+        schema_id: changes whenever the columns do (resume tokens carry it).
+        workspace: whether rows start with the query's ``workspace``.
+    """
+
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    kinds: Mapping[str, ColumnKind]
+    per_page: frozenset[str]
+    schema_id: str
+    workspace: bool
+
+    @classmethod
+    def of(cls, *, workspace: bool) -> TableSchema:
+        """The plain schema, or the one with a leading ``workspace`` column in the key."""
+        lead: tuple[str, ...] = ("workspace",) if workspace else ()
+        columns = (*lead, *COLUMNS)
+        return cls(
+            columns=columns,
+            key=(*lead, *KEY_COLUMNS),
+            kinds={**dict.fromkeys(lead, "text"), **COLUMN_KINDS},
+            per_page=PER_PAGE_COLUMNS | frozenset(lead),
+            schema_id=(
+                hashlib.sha256(",".join(columns).encode()).hexdigest()[:12]
+                if workspace
+                else SCHEMA_ID
+            ),
+            workspace=workspace,
+        )
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """The columns an upsert replaces: everything but the key."""
+        return tuple(c for c in self.columns if c not in self.key)
+
+    @property
+    def user_id_index(self) -> int:
+        """Where ``user_id`` sits in a row."""
+        return self.columns.index("user_id")
+
+    def rows(
+        self, page: Page, *, timestamp: Callable[[dt.datetime], Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """:func:`rows`, with the query's workspace first when the schema has one.
+
+        Raises:
+            SinkError: as :func:`rows`; or a page without a workspace for a
+                table keyed on one.
+        """
+        page_rows = rows(page, timestamp=timestamp)
+        if not self.workspace:
+            return page_rows
+        workspace = page.query.workspace
+        if workspace is None:
+            raise SinkError(
+                "this output is keyed on the workspace, but the page's query names none; "
+                "give every query a workspace (set [[workspaces]] in the config)",
+                page=page.ref,
+            )
+        head = (workspace,)
+        return [head + row for row in page_rows]
+
+
+#: The schema without workspaces: exactly :data:`COLUMNS`.
+PLAIN_SCHEMA: Final = TableSchema.of(workspace=False)
+#: The schema with ``[[workspaces]]``: ``workspace`` first, and in the key.
+WORKSPACE_SCHEMA: Final = TableSchema.of(workspace=True)
+
+
+def schema_for(workspaces: bool) -> TableSchema:
+    """:data:`WORKSPACE_SCHEMA` when rows carry workspaces, else :data:`PLAIN_SCHEMA`."""
+    return WORKSPACE_SCHEMA if workspaces else PLAIN_SCHEMA
+
+
+def create_table_sql(
+    table: str, types: Mapping[ColumnKind, str], schema: TableSchema = PLAIN_SCHEMA
+) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for the schema, keyed on its natural key.
 
     Args:
         table: a name that passed :func:`check_table_name`.
         types: the database's type for each :data:`ColumnKind`.
+        schema: the columns (plain, or with ``workspace``).
     """
-    columns = [f"{quote_ident(c)} {types[COLUMN_KINDS[c]]}" for c in COLUMNS]
-    columns += [f"PRIMARY KEY ({', '.join(map(quote_ident, KEY_COLUMNS))})"]
+    columns = [f"{quote_ident(c)} {types[schema.kinds[c]]}" for c in schema.columns]
+    columns += [f"PRIMARY KEY ({', '.join(map(quote_ident, schema.key))})"]
     body = ",\n    ".join(columns)
     return f"CREATE TABLE IF NOT EXISTS {quote_ident(table)} (\n    {body}\n)"
 
 
-def upsert_tail() -> str:
+def upsert_tail(schema: TableSchema = PLAIN_SCHEMA) -> str:
     """The ``ON CONFLICT`` clause both databases share: the key's row is replaced."""
-    updates = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in VALUE_COLUMNS)
-    return f"ON CONFLICT ({', '.join(map(quote_ident, KEY_COLUMNS))}) DO UPDATE SET {updates}"
+    updates = ", ".join(
+        f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in schema.value_columns
+    )
+    return f"ON CONFLICT ({', '.join(map(quote_ident, schema.key))}) DO UPDATE SET {updates}"
 
 
-def dedupe(page_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def dedupe(
+    page_rows: list[tuple[Any, ...]], schema: TableSchema = PLAIN_SCHEMA
+) -> list[tuple[Any, ...]]:
     """The rows with one per key, the last one winning (a page lists a user twice).
 
     An upsert may touch a key only once per statement, and the rows of one page
     differ in their key only by ``user_id``.
     """
-    index = USER_ID_INDEX
+    index = schema.user_id_index
     if len({row[index] for row in page_rows}) == len(page_rows):
         return page_rows
     return list({row[index]: row for row in page_rows}.values())

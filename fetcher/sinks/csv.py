@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from fetcher.sinks._common import AppendOnlyFile, FileSink, partial_path
-from fetcher.sinks._schema import COLUMNS, SCHEMA_ID, rows
+from fetcher.sinks._schema import PLAIN_SCHEMA, TableSchema, schema_for
 from fetcher.spec import format_api_datetime
 
 if TYPE_CHECKING:
@@ -49,12 +49,12 @@ def _encode(table: list[tuple[Any, ...]] | list[tuple[str, ...]]) -> bytes:
     return buffer.getvalue().encode(ENCODING)
 
 
-def encode_header() -> bytes:
+def encode_header(schema: TableSchema = PLAIN_SCHEMA) -> bytes:
     """The header line: the column names."""
-    return _encode([COLUMNS])
+    return _encode([schema.columns])
 
 
-def encode_page(page: Page) -> bytes:
+def encode_page(page: Page, schema: TableSchema = PLAIN_SCHEMA) -> bytes:
     """Encode a page's records as CSV lines (no header).
 
     Raises:
@@ -62,7 +62,7 @@ def encode_page(page: Page) -> bytes:
     """
     # csv writes None as an empty field and ints as digits; timestamps are
     # formatted once per page by rows().
-    return _encode(rows(page, timestamp=format_api_datetime))
+    return _encode(schema.rows(page, timestamp=format_api_datetime))
 
 
 class CsvSink(FileSink):
@@ -70,14 +70,21 @@ class CsvSink(FileSink):
 
     Args:
         path: the output file; written as ``path.partial`` until the run completes.
+        workspaces: rows start with a ``workspace`` column (``[[workspaces]]``).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, workspaces: bool = False) -> None:
         self.path = Path(path)
+        self.table_schema = schema_for(workspaces)
         self.partial = partial_path(self.path)
         # The header is written once, by a fresh file; a checkpoint carries the
         # schema so a resume never appends rows of other columns under it.
-        self._file = AppendOnlyFile(self.partial, log=log, header=encode_header(), schema=SCHEMA_ID)
+        self._file = AppendOnlyFile(
+            self.partial,
+            log=log,
+            header=encode_header(self.table_schema),
+            schema=self.table_schema.schema_id,
+        )
         self.records = 0
 
     def __repr__(self) -> str:
@@ -85,4 +92,4 @@ class CsvSink(FileSink):
 
     def encode(self, page: Page) -> bytes:
         """The page's rows as CSV lines (see :func:`encode_page`)."""
-        return encode_page(page)
+        return encode_page(page, self.table_schema)

@@ -68,14 +68,14 @@ import structlog
 from fetcher.errors import SinkError
 from fetcher.sinks._common import TableSink, check_columns
 from fetcher.sinks._schema import (
-    COLUMN_KINDS,
-    COLUMNS,
     DEFAULT_TABLE,
-    PER_PAGE_COLUMNS,
+    PLAIN_SCHEMA,
     ColumnKind,
+    TableSchema,
     check_table_name,
     create_table_sql,
     quote_ident,
+    schema_for,
     upsert_tail,
 )
 
@@ -127,22 +127,23 @@ REOPEN_AFTER_ROWS: Final = 100_000
 _ALIAS: Final = "fetcher_out"
 
 
-def _upsert_sql(table: str) -> str:
+def _upsert_sql(table: str, schema: TableSchema = PLAIN_SCHEMA) -> str:
     """One page's upsert: per-page values as scalars, the others unnested from lists."""
     select = []
-    for number, column in enumerate(COLUMNS, start=1):
-        sql_type = DUCKDB_TYPES[COLUMN_KINDS[column]]
-        if column in PER_PAGE_COLUMNS:
+    for number, column in enumerate(schema.columns, start=1):
+        sql_type = DUCKDB_TYPES[schema.kinds[column]]
+        if column in schema.per_page:
             select.append(f"${number}::{sql_type}")
         else:
             select.append(f"unnest(${number}::{sql_type}[])")
-    names = ", ".join(map(quote_ident, COLUMNS))
-    return f"INSERT INTO {quote_ident(table)} ({names}) SELECT {', '.join(select)} {upsert_tail()}"
+    names = ", ".join(map(quote_ident, schema.columns))
+    tail = upsert_tail(schema)
+    return f"INSERT INTO {quote_ident(table)} ({names}) SELECT {', '.join(select)} {tail}"
 
 
-def _insert_sql(table: str) -> str:
+def _insert_sql(table: str, schema: TableSchema = PLAIN_SCHEMA) -> str:
     """:func:`_upsert_sql` without its ``ON CONFLICT`` clause: for keys not in the table."""
-    return _upsert_sql(table).partition(" ON CONFLICT ")[0]
+    return _upsert_sql(table, schema).partition(" ON CONFLICT ")[0]
 
 
 def _in_transaction(connection: duckdb.DuckDBPyConnection, sql: str, parameters: Any) -> None:
@@ -160,12 +161,13 @@ def _in_transaction(connection: duckdb.DuckDBPyConnection, sql: str, parameters:
         raise
 
 
-def _parameters(page_rows: list[tuple[Any, ...]]) -> list[Any]:
+def _parameters(page_rows: list[tuple[Any, ...]], schema: TableSchema) -> list[Any]:
     """The upsert's parameters: the first row's per-page values, lists for the rest."""
     columns = list(zip(*page_rows, strict=True))
     first = page_rows[0]
+    per_page = schema.per_page
     return [
-        first[i] if name in PER_PAGE_COLUMNS else list(columns[i]) for i, name in enumerate(COLUMNS)
+        first[i] if name in per_page else list(columns[i]) for i, name in enumerate(schema.columns)
     ]
 
 
@@ -175,20 +177,25 @@ class DuckDBSink(TableSink):
     Args:
         path: the database file; created (with its directory) if missing.
         table: the table; created if missing. Letters, digits and underscores.
+        workspaces: rows start with a ``workspace`` column, part of the key
+            (``[[workspaces]]``).
 
     Raises:
         ConfigError: the table name is not a plain identifier (names ``--table``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], table: str = DEFAULT_TABLE) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], table: str = DEFAULT_TABLE, *, workspaces: bool = False
+    ) -> None:
         self.path = Path(path)
         self.table = check_table_name(table)
+        self.table_schema = schema_for(workspaces)
         self.records = 0
         self._connection: duckdb.DuckDBPyConnection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._limiter: anyio.CapacityLimiter | None = None
-        self._sql = _upsert_sql(self.table)
-        self._insert_sql = _insert_sql(self.table)
+        self._sql = _upsert_sql(self.table, self.table_schema)
+        self._insert_sql = _insert_sql(self.table, self.table_schema)
         # Set at the first key already in the table: from then on, pages are upserted.
         self._upserting = False
         # Written on the current connection (see REOPEN_AFTER_PAGES).
@@ -265,11 +272,14 @@ class DuckDBSink(TableSink):
         try:
             connection.execute("SET threads = 1")
             connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-            connection.execute(create_table_sql(self.table, DUCKDB_TYPES))
+            connection.execute(create_table_sql(self.table, DUCKDB_TYPES, self.table_schema))
             self._check_table(connection)
             # Bind the upsert once with no rows: a table without the key
             # fails here, before any request, instead of at the first page.
-            connection.execute(self._sql, [None if n in PER_PAGE_COLUMNS else [] for n in COLUMNS])
+            schema = self.table_schema
+            connection.execute(
+                self._sql, [None if n in schema.per_page else [] for n in schema.columns]
+            )
         except duckdb.Error as exc:
             raise SinkError(
                 f"cannot use table {self.table!r} in {self.path}: {exc}; "
@@ -287,7 +297,7 @@ class DuckDBSink(TableSink):
                 [self.table],
             ).fetchall()
         ]
-        check_columns(found, f"table {self.table!r} in {self.path}")
+        check_columns(found, f"table {self.table!r} in {self.path}", self.table_schema)
 
     async def _write_rows(self, page_rows: list[tuple[Any, ...]], page: Page) -> None:
         await self._run(self._upsert, page_rows, page)
@@ -299,7 +309,7 @@ class DuckDBSink(TableSink):
             self._reopen(page)
         connection = self._connection
         assert connection is not None, "use the sink as an async context manager"
-        parameters = _parameters(page_rows)
+        parameters = _parameters(page_rows, self.table_schema)
         self._pages_open += 1
         self._rows_open += len(page_rows)
         try:

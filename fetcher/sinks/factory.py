@@ -87,6 +87,7 @@ def make_sink(
     sink: str | None = None,
     table: str = DEFAULT_TABLE,
     postgres_dsn: str | SecretStr | None = None,
+    workspaces: bool = False,
 ) -> Sink:
     """Make the sink the user asked for.
 
@@ -97,6 +98,8 @@ def make_sink(
             (.jsonl/.ndjson, .csv, .parquet, .duckdb/.db).
         table: the table of database sinks (``--table``).
         postgres_dsn: the PostgreSQL connection string.
+        workspaces: rows carry their workspace (``[[workspaces]]``): a
+            ``workspace`` column, part of the key (JSONL: ``_workspace``).
 
     Returns:
         A sink, not yet entered.
@@ -113,13 +116,13 @@ def make_sink(
                 "postgres_dsn in the config file (e.g. postgresql://user@localhost:5432/db)",
                 field="postgres_dsn",
             )
-        return PostgresSink(dsn, table=table)
+        return PostgresSink(dsn, table=table, workspaces=workspaces)
     if out is None:
         raise ConfigError(f"required: the file to write, e.g. --out stats.{kind}", field="--out")
     if kind == "jsonl":
         return JsonlSink(out)
     if kind == "csv":
-        return CsvSink(out)
+        return CsvSink(out, workspaces=workspaces)
     if kind == "parquet":
-        return ParquetSink(out)
-    return DuckDBSink(out, table=table)
+        return ParquetSink(out, workspaces=workspaces)
+    return DuckDBSink(out, table=table, workspaces=workspaces)

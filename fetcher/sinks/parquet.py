@@ -49,14 +49,7 @@ from fetcher.sinks._common import (
     replace_atomically,
     writing,
 )
-from fetcher.sinks._schema import (
-    COLUMN_KINDS,
-    COLUMNS,
-    KEY_COLUMNS,
-    PER_PAGE_COLUMNS,
-    SCHEMA_ID,
-    rows,
-)
+from fetcher.sinks._schema import PLAIN_SCHEMA, TableSchema, schema_for
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -85,8 +78,8 @@ def _require_pyarrow() -> None:
         ) from None
 
 
-def arrow_schema() -> pa.Schema:
-    """The Arrow schema of the file: :data:`~fetcher.sinks._schema.COLUMNS` with Arrow types.
+def arrow_schema(table_schema: TableSchema = PLAIN_SCHEMA) -> pa.Schema:
+    """The Arrow schema of the file: the table schema's columns with Arrow types.
 
     Raises:
         ConfigError: pyarrow is not installed.
@@ -101,12 +94,12 @@ def arrow_schema() -> pa.Schema:
         "json": pa.string(),
     }
     fields = [
-        pa.field(name, types[COLUMN_KINDS[name]], nullable=name not in KEY_COLUMNS)
-        for name in COLUMNS
+        pa.field(name, types[table_schema.kinds[name]], nullable=name not in table_schema.key)
+        for name in table_schema.columns
     ]
     metadata: dict[bytes | str, bytes | str] = {
-        "fetcher.schema": SCHEMA_ID,
-        "fetcher.key": ",".join(KEY_COLUMNS),
+        "fetcher.schema": table_schema.schema_id,
+        "fetcher.key": ",".join(table_schema.key),
     }
     return pa.schema(fields, metadata=metadata)
 
@@ -118,6 +111,7 @@ class ParquetSink(FileSink):
         path: the output file; it appears only when the run completes.
         row_group_rows: rows per row group, which bounds the memory of the
             final conversion.
+        workspaces: rows start with a ``workspace`` column (``[[workspaces]]``).
 
     Raises:
         ConfigError: pyarrow is not installed.
@@ -128,15 +122,20 @@ class ParquetSink(FileSink):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS
+        self,
+        path: str | os.PathLike[str],
+        *,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        workspaces: bool = False,
     ) -> None:
-        self.schema = arrow_schema()
+        self.table_schema = schema_for(workspaces)
+        self.schema = arrow_schema(self.table_schema)
         self.path = Path(path)
         self.temporary = partial_path(self.path)
         self.spool = self.temporary.with_name(self.temporary.name + SPOOL_SUFFIX)
         self.partial = self.spool
         self.row_group_rows = max(1, row_group_rows)
-        self._file = AppendOnlyFile(self.spool, log=log, schema=SCHEMA_ID)
+        self._file = AppendOnlyFile(self.spool, log=log, schema=self.table_schema.schema_id)
         self.records = 0
 
     def __repr__(self) -> str:
@@ -167,13 +166,13 @@ class ParquetSink(FileSink):
         import pyarrow as pa  # noqa: PLC0415  (optional dependency)
 
         schema = self.schema
-        columns = list(zip(*rows(page), strict=True))
+        columns = list(zip(*self.table_schema.rows(page), strict=True))
         count = len(columns[0])
         batch = pa.RecordBatch.from_arrays(
             [
                 # A page-wide value is converted once and repeated, not once per row.
                 pa.repeat(pa.scalar(values[0], type=field.type), count)
-                if field.name in PER_PAGE_COLUMNS
+                if field.name in self.table_schema.per_page
                 else pa.array(values, type=field.type)
                 for values, field in zip(columns, schema, strict=True)
             ],

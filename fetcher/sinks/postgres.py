@@ -40,12 +40,14 @@ from pydantic import SecretStr
 from fetcher.errors import REDACTED, ConfigError, SinkError
 from fetcher.sinks._common import TableSink, check_columns
 from fetcher.sinks._schema import (
-    COLUMNS,
     DEFAULT_TABLE,
+    PLAIN_SCHEMA,
     ColumnKind,
+    TableSchema,
     check_table_name,
     create_table_sql,
     quote_ident,
+    schema_for,
     upsert_tail,
 )
 
@@ -54,7 +56,15 @@ if TYPE_CHECKING:
 
     from fetcher.models import Page
 
-__all__ = ["POSTGRES_TYPES", "PostgresSink", "describe_dsn", "dsn_secrets", "redact"]
+__all__ = [
+    "POSTGRES_TYPES",
+    "PostgresSink",
+    "describe_dsn",
+    "dsn_secrets",
+    "prepare_table",
+    "redact",
+    "upsert_sql",
+]
 
 log = structlog.get_logger("fetcher.sinks.postgres")
 
@@ -106,12 +116,13 @@ def redact(text: str, dsn: str | None = None) -> str:
     return _KV_PASSWORD.sub(rf"\g<head>{REDACTED}", text)
 
 
-def _upsert_sql(table: str) -> str:
+def upsert_sql(table: str, schema: TableSchema = PLAIN_SCHEMA) -> str:
     """One row's upsert; ``executemany`` runs it for every row of a page."""
-    names = ", ".join(map(quote_ident, COLUMNS))
-    values = ", ".join(f"${n}" for n in range(1, len(COLUMNS) + 1))
+    names = ", ".join(map(quote_ident, schema.columns))
+    values = ", ".join(f"${n}" for n in range(1, len(schema.columns) + 1))
+    tail = upsert_tail(schema)
     # The table name is checked (an identifier) and quoted; values are parameters.
-    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({values}) {upsert_tail()}"  # noqa: S608
+    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({values}) {tail}"  # noqa: S608
 
 
 def describe_dsn(dsn: str) -> str:
@@ -133,6 +144,28 @@ def describe_dsn(dsn: str) -> str:
     return f"{parts.scheme}://{user + '@' if user else ''}{where}{parts.path}"
 
 
+async def prepare_table(
+    connection: asyncpg.Connection[Any], table: str, schema: TableSchema, where: str
+) -> None:
+    """Create the table if it is missing, and refuse one with other columns.
+
+    Raises:
+        SinkError: the table has other columns (see :func:`check_columns`).
+        asyncpg.PostgresError: the server refused (the caller says where).
+    """
+    await connection.execute(create_table_sql(table, POSTGRES_TYPES, schema))
+    found = [
+        record["column_name"]
+        for record in await connection.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = $1 "
+            "ORDER BY ordinal_position",
+            table,
+        )
+    ]
+    check_columns(found, where, schema)
+
+
 def _require_asyncpg() -> None:
     try:
         import asyncpg  # noqa: F401, PLC0415  (optional; only checked here)
@@ -151,6 +184,8 @@ class PostgresSink(TableSink):
         dsn: a connection string, e.g. ``postgresql://user:password@host:5432/db``.
         table: the table; created if missing. Letters, digits and underscores.
         connect_timeout: seconds to wait for the server.
+        workspaces: rows start with a ``workspace`` column, part of the key
+            (``[[workspaces]]``).
 
     Raises:
         ConfigError: asyncpg is not installed, or the table name is not a plain
@@ -163,8 +198,10 @@ class PostgresSink(TableSink):
         table: str = DEFAULT_TABLE,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        workspaces: bool = False,
     ) -> None:
         _require_asyncpg()
+        self.table_schema = schema_for(workspaces)
         self._dsn = dsn if isinstance(dsn, SecretStr) else SecretStr(dsn)
         self.table = check_table_name(table)
         self.connect_timeout = connect_timeout
@@ -172,7 +209,7 @@ class PostgresSink(TableSink):
         self.target = describe_dsn(self._dsn.get_secret_value())
         self.records = 0
         self._connection: asyncpg.Connection[Any] | None = None
-        self._sql = _upsert_sql(self.table)
+        self._sql = upsert_sql(self.table, self.table_schema)
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.target!r}, table={self.table!r})"
@@ -216,17 +253,7 @@ class PostgresSink(TableSink):
 
         where = f"table {self.table!r} at {self.target}"
         try:
-            await connection.execute(create_table_sql(self.table, POSTGRES_TYPES))
-            found = [
-                record["column_name"]
-                for record in await connection.fetch(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = $1 "
-                    "ORDER BY ordinal_position",
-                    self.table,
-                )
-            ]
-            check_columns(found, where)
+            await prepare_table(connection, self.table, self.table_schema, where)
             # Preparing checks the ON CONFLICT target: a table without the key fails now.
             await connection.prepare(self._sql)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
