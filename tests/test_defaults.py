@@ -70,7 +70,8 @@ def model_defaults() -> dict[str, Any]:
 def export_parser() -> argparse.ArgumentParser:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["export"]
+    export: argparse.ArgumentParser = sub.choices["export"]
+    return export
 
 
 def export_options() -> set[str]:

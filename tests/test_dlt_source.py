@@ -26,6 +26,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed  # noqa: E402
 from fetcher.errors import AuthError, ConfigError  # noqa: E402
 from fetcher.integrations.dlt import (  # noqa: E402
     PRIMARY_KEY,
+    WORKSPACE_PRIMARY_KEY,
     IncompleteExtractError,
     IncompleteLoadError,
     raise_for_incomplete,
@@ -516,3 +517,62 @@ def test_on_incomplete_must_be_raise_or_load() -> None:
     """A misspelt choice is a ConfigError naming the keyword, before anything runs."""
     with pytest.raises(ConfigError, match="on_incomplete="):
         team_stats_source(users=["u1"], window="yesterday", on_incomplete="ignore")  # type: ignore[arg-type]
+
+
+ACME, GLOBEX = "dlt-acme-key-0123456789", "dlt-globex-key-9876543210"
+
+
+def workspaces_config(tmp_path: Path, sim: RunningSimulator) -> Path:
+    """Two workspaces on one simulator: the same team under two keys."""
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'base_url = "{sim.base_url}"\nusers = {sim.user_ids!r}\n'
+        'start = "2024-01-03"\nend = "2024-01-03"\npage_size = 5\n'
+        '\n[[workspaces]]\nname = "acme"\napi_key_env = "ACME_SALESHANDY_KEY"\n'
+        '\n[[workspaces]]\nname = "globex"\napi_key_env = "GLOBEX_SALESHANDY_KEY"\n'
+    )
+    return config
+
+
+def test_workspaces_each_with_its_key_and_the_workspace_in_the_primary_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each workspace asks with its own key; a user of two workspaces is two rows, kept on merge."""
+    monkeypatch.delenv("SALESHANDY_API_KEY")
+    monkeypatch.setenv("ACME_SALESHANDY_KEY", ACME)
+    monkeypatch.setenv("GLOBEX_SALESHANDY_KEY", GLOBEX)
+    with simulator(seed=12, team_size=14, api_keys=(ACME, GLOBEX)) as sim:
+        config = workspaces_config(tmp_path, sim)
+        runs = pipeline(tmp_path)
+        runs.run(team_stats_source(config=config))
+        runs.run(team_stats_source(config=config))  # merge: nothing doubles
+        assert len(page_requests(sim)) == 2 * 2 * 3  # two runs x two keys x 3 pages
+        expected = expected_table(sim, specs_of(sim, [3], ["prospect"], 5))
+    got = table(tmp_path)
+    assert sorted({row["workspace"] for row in got}) == ["acme", "globex"]
+    keys = [tuple(row[k] for k in WORKSPACE_PRIMARY_KEY) for row in got]
+    assert len(keys) == len(set(keys)) == 2 * len(expected)
+    for name in ("acme", "globex"):
+        mine = {tuple(r[k] for k in PRIMARY_KEY) for r in got if r["workspace"] == name}
+        assert mine == set(expected)
+    columns = (
+        duckdb.connect(str(tmp_path / "stats.duckdb"))
+        .execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'saleshandy' and table_name = 'team_stats'"
+        )
+        .fetchall()
+    )
+    assert [c for (c,) in columns if "workspace" in c] == ["workspace"]  # one spelling
+
+
+def test_a_workspace_without_its_key_fails_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace whose key variable is unset is a ConfigError naming it, nothing sent."""
+    monkeypatch.setenv("ACME_SALESHANDY_KEY", ACME)
+    monkeypatch.delenv("GLOBEX_SALESHANDY_KEY", raising=False)
+    with simulator(seed=12, team_size=14, api_keys=(ACME, GLOBEX)) as sim:
+        with pytest.raises(ConfigError, match="GLOBEX_SALESHANDY_KEY"):
+            team_stats_source(config=workspaces_config(tmp_path, sim))
+        assert sim.stats.requests == 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,22 @@ if TYPE_CHECKING:
     from fetcher.http.client import PageClient
     from fetcher.spec import QuerySpec
 
-__all__ = ["ResolvedRun", "Scope", "catch_up_from", "preflight", "resolve_run", "scopes_of"]
+__all__ = [
+    "CatchUp",
+    "ResolvedRun",
+    "Scope",
+    "catch_up_from",
+    "preflight",
+    "resolve_run",
+    "scopes_of",
+]
 
 log = structlog.get_logger("fetcher.app.resolve")
+
+#: Where ``--catch-up`` starts for a job identity: the end of its last completed
+#: window, or ``None`` (its first run). The state file's ledger by default; the dlt
+#: source keeps it in dlt's state.
+CatchUp = Callable[[str], "dt.datetime | None"]
 
 #: A workspace's name (``None`` without workspaces) and the settings as it sees them.
 Scope = tuple["str | None", "ExportSettings"]
@@ -89,6 +102,7 @@ async def resolve_run(
     *,
     clients: Mapping[str | None, PageClient] | None = None,
     now: dt.datetime | None = None,
+    catch_up: CatchUp | None = None,
 ) -> ResolvedRun:
     """The run's users, identity, catch-up position and queries.
 
@@ -97,6 +111,7 @@ async def resolve_run(
         listed: from :func:`preflight`; a scope's ``None`` asks its client for the team.
         clients: the API of each scope asking for its team list.
         now: the moment relative windows are evaluated at (default: now).
+        catch_up: where ``catch_up = true`` starts (default: the state file's ledger).
     """
     scopes = scopes_of(settings)
     users_of: dict[str | None, list[str]] = {}
@@ -112,7 +127,9 @@ async def resolve_run(
             log.info("team.members", users=len(users), workspace=name)
         users_of[name] = users
     identity = _identity(scopes, users_of)
-    after = catch_up_from(settings, identity) if settings.catch_up else None
+    after = None
+    if settings.catch_up:
+        after = catch_up(identity) if catch_up is not None else catch_up_from(settings, identity)
     per_scope = [
         scope.queries(users_of[name], now=now, after=after, workspace=name)
         for name, scope in scopes

@@ -86,15 +86,19 @@ the same task.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
+from anyio import create_task_group
+from anyio.abc import TaskGroup
 from anyio.from_thread import start_blocking_portal
 from pydantic import SecretStr
 
@@ -108,13 +112,23 @@ except ModuleNotFoundError as exc:  # the base install has no dlt
     ) from exc
 
 from fetcher.app.connect import SIMULATOR_KEY, open_api
-from fetcher.app.settings import API_KEY_ENV, ExportSettings, load_settings, resolve_api_key
+from fetcher.app.resolve import preflight, resolve_run, scopes_of
+from fetcher.app.settings import (
+    API_KEY_ENV,
+    ExportSettings,
+    load_settings,
+    resolve_api_key,
+    resolve_workspace_key,
+)
 from fetcher.errors import ConfigError, FetcherError, IncompleteRunError
+from fetcher.run.pool import PageStream, Paginator
+from fetcher.run.router import WorkspaceClients
 from fetcher.spec import EMAIL_METRICS, PROSPECT_METRICS, format_api_datetime
 
 if TYPE_CHECKING:
     from fetcher.models import Page
-    from fetcher.run.pool import PageStream, RunSummary
+    from fetcher.run.client import Client
+    from fetcher.run.pool import RunSummary
     from fetcher.spec import QuerySpec
 
 __all__ = [
@@ -122,6 +136,7 @@ __all__ = [
     "RESOURCE_NAME",
     "SECRET_KEY",
     "SOURCE_NAME",
+    "WORKSPACE_PRIMARY_KEY",
     "IncompleteExtractError",
     "IncompleteLoadError",
     "OnIncomplete",
@@ -140,6 +155,8 @@ RESOURCE_NAME: Final = "team_stats"
 SECRET_KEY: Final = f"sources.{SOURCE_NAME}.api_key"
 #: One user's counts for one report over one window.
 PRIMARY_KEY: Final = ("window_start", "window_end", "type", "count_by", "user_id")
+#: The primary key with ``[[workspaces]]``: one workspace's user is not another's.
+WORKSPACE_PRIMARY_KEY: Final = ("workspace", *PRIMARY_KEY)
 
 #: Settings that say where ``fetcher export`` writes; dlt's destination decides that here.
 OUTPUT_SETTINGS: Final = frozenset(
@@ -154,7 +171,7 @@ _INCOMPLETE: Final = "incomplete"
 OnIncomplete = Literal["raise", "load"]
 
 
-def _columns() -> dict[str, TColumnSchema]:
+def _columns(*, workspaces: bool = False) -> dict[str, TColumnSchema]:
     """Column hints: the key not null, the window as timestamps with a zone, counts as bigint.
 
     Metrics are named as the API spells them; dlt normalises hint names as it
@@ -169,6 +186,8 @@ def _columns() -> dict[str, TColumnSchema]:
         "count_by": dict(text),  # type: ignore[dict-item]
         "user_id": dict(text),  # type: ignore[dict-item]
     }
+    if workspaces:
+        columns = {"workspace": dict(text), **columns}  # type: ignore[dict-item]
     for metric in dict.fromkeys(PROSPECT_METRICS + EMAIL_METRICS):
         columns[metric] = {"data_type": "bigint", "nullable": True}
     return columns
@@ -265,11 +284,11 @@ def _describe(spec: QuerySpec) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """What one extract needs: validated settings, the key, the users if known, the clock."""
+    """What one extract needs: validated settings, the keys, the users if known, the clock."""
 
     settings: ExportSettings
-    key: SecretStr
-    users: list[str] | None  # None: every team member, asked for at extract time
+    keys: dict[str | None, SecretStr]  # per workspace; {None: key} without workspaces
+    listed: dict[str | None, list[str] | None]  # None: every team member, asked at extract
     now: dt.datetime | None
     on_incomplete: OnIncomplete = "raise"
 
@@ -327,22 +346,27 @@ def team_stats_source(
         loaded = load_settings(settings, config_file=Path(config) if config is not None else None)
     except ConfigError as exc:
         raise _as_keyword(exc) from None
-    key = _api_key(loaded)
-    users = None if loaded.needs_team_list else loaded.user_ids()
+    workspaces = loaded.workspaces or []
+    # Every key now, before any request: the job's, or each workspace's.
+    keys: dict[str | None, SecretStr] = {w.name: resolve_workspace_key(w) for w in workspaces}
+    if not workspaces:
+        keys[None] = _api_key(loaded)
     try:
+        listed = preflight(loaded, now=now)
         # Every query the settings make, checked now (order_by against type, the
         # window, the slices), as `fetcher export` checks them before any request;
         # with every team member, one stand-in id until the list is fetched.
-        loaded.queries(users or ["?"], now=now)
+        for name, scope in scopes_of(loaded):
+            scope.queries(listed[name] or ["?"], now=now, workspace=name)
     except ConfigError as exc:
         raise _as_keyword(exc) from None
-    job = _Job(loaded, key, users, now, on_incomplete)
+    job = _Job(loaded, keys, listed, now, on_incomplete)
     resource = dlt.resource(
         _team_stats(job),
         name=RESOURCE_NAME,
         write_disposition="merge",
-        primary_key=PRIMARY_KEY,
-        columns=_columns(),
+        primary_key=WORKSPACE_PRIMARY_KEY if workspaces else PRIMARY_KEY,
+        columns=_columns(workspaces=bool(workspaces)),
     )
     return DltSource(dlt.Schema(SOURCE_NAME), SOURCE_NAME, [resource])
 
@@ -378,33 +402,51 @@ def _api_key(settings: ExportSettings, env: Mapping[str, str] | None = None) -> 
 
 
 def _team_stats(job: _Job) -> Iterator[list[dict[str, Any]]]:
-    """The resource's body: probe the key, plan the queries, yield each page's rows."""
+    """The resource's body: probe each key, plan the queries, yield each page's rows."""
     settings = job.settings
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
-        api = stack.enter_context(
-            portal.wrap_async_context_manager(open_api(settings, record=False, key=job.key))
-        )
-        client = api.client
-        # The probe: a refused key stops here, before any team-stats page.
-        members = portal.call(client.team_members)
-        users = job.users if job.users is not None else [m.user_id for m in members]
-        identity = settings.job_identity(users)
-        ledger: dict[str, str] | None = None
-        after = None
+        clients: dict[str | None, Client] = {}
+        listed = dict(job.listed)
+        for name, scope in scopes_of(settings):
+            api = stack.enter_context(
+                portal.wrap_async_context_manager(open_api(scope, record=False, key=job.keys[name]))
+            )
+            clients[name] = api.client
+            # The probe: a refused key stops here, before any team-stats page.
+            members = portal.call(api.client.team_members)
+            if listed[name] is None:
+                listed[name] = [member.user_id for member in members]
+        ledger: dict[str, str] = {}
         if settings.catch_up:
             ledger = dlt.current.resource_state().setdefault(_LEDGER, {})
+
+        def position(identity: str) -> dt.datetime | None:
             completed = ledger.get(identity)
-            after = dt.datetime.fromisoformat(completed) if completed else None
             log.info("catch_up.position", completed_through=completed)
+            return dt.datetime.fromisoformat(completed) if completed else None
+
         now = job.now or dt.datetime.now(settings.zone)
-        specs = settings.queries(users, now=now, after=after)
+        run = portal.call(
+            functools.partial(
+                resolve_run, settings, listed, clients=clients, now=now, catch_up=position
+            )
+        )
+        specs, after = run.specs, run.after
         if not specs:
             log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
             return
-        stream = portal.call(client.pages, specs)
+        if settings.workspaces:
+            router = WorkspaceClients({str(name): c for name, c in clients.items()})
+            group = stack.enter_context(portal.wrap_async_context_manager(_task_group()))
+            buffer = 2 * sum(c.concurrency for c in clients.values())
+            stream = portal.call(
+                lambda: PageStream.start(group, Paginator(router, specs), buffer=buffer)
+            )
+        else:
+            stream = portal.call(clients[None].pages, specs)
         stack.callback(portal.call, stream.aclose)
-        user_id_field = client.shape.user_id_field
+        user_id_field = settings.user_id_field
         state = dlt.current.resource_state()
         state.pop(_INCOMPLETE, None)
         try:
@@ -418,8 +460,16 @@ def _team_stats(job: _Job) -> Iterator[list[dict[str, Any]]]:
             state[_INCOMPLETE] = {"message": error.message, "missing": error.missing}
             log.warning("run.incomplete", missing=len(error.missing), message=error.message)
             return
-        if ledger is not None:
-            ledger[identity] = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
+        if settings.catch_up:
+            completed = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
+            ledger[run.identity] = completed
+
+
+@contextlib.asynccontextmanager
+async def _task_group() -> AsyncIterator[TaskGroup]:
+    """A task group entered in the portal's loop (creating one needs a running loop)."""
+    async with create_task_group() as group:
+        yield group
 
 
 async def _next_page(stream: PageStream) -> Page | None:
@@ -437,12 +487,14 @@ def rows(page: Page, *, user_id_field: str = "userId") -> list[dict[str, Any]]:
     field keeps its API name for dlt to normalise.
     """
     spec = page.query
-    key = {
+    key: dict[str, Any] = {
         "window_start": spec.start,
         "window_end": spec.end,
         "type": spec.type,
         "count_by": spec.count_by,
     }
+    if spec.workspace is not None:
+        key = {"workspace": spec.workspace, **key}
     out = []
     for record in page.records:
         fields = dict(record)
