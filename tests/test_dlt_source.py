@@ -305,20 +305,25 @@ def test_the_key_from_dlt_secrets_and_settings_from_a_config_file(
     assert not [p for p in files if secret.encode() in p.read_bytes()]
 
 
+def one_day_of_45(sim: RunningSimulator, **extra: Any) -> dict[str, Any]:
+    """2024-01-05 for the whole team, 10 a page (5 pages), 2 tries a page."""
+    return {
+        "base_url": sim.base_url,
+        "users": sim.user_ids,
+        "start": "2024-01-05",
+        "end": "2024-01-05",
+        "page_size": 10,
+        "max_attempts": 2,
+        **extra,
+    }
+
+
 def test_an_incomplete_run_raises_after_every_other_page_naming_the_missing_ones(
     tmp_path: Path,
 ) -> None:
     """Page 3 always fails: every other page is fetched first, then the error names page 3."""
     with simulator(seed=10, team_size=45, fail_pages=frozenset({3})) as sim:
-        settings: dict[str, Any] = {
-            "base_url": sim.base_url,
-            "users": sim.user_ids,
-            "start": "2024-01-05",
-            "end": "2024-01-05",
-            "page_size": 10,
-            "max_attempts": 2,
-            "catch_up": True,
-        }
+        settings = one_day_of_45(sim, catch_up=True)
         runs = pipeline(tmp_path)
         with pytest.raises(PipelineStepFailed) as failed:
             runs.run(team_stats_source(**settings))
@@ -471,15 +476,7 @@ def test_on_incomplete_load_loads_what_was_fetched_then_raises_naming_the_missin
 ) -> None:
     """`on_incomplete="load"`: the fetched rows are loaded, then raise_for_incomplete fails."""
     with simulator(seed=10, team_size=45, fail_pages=frozenset({3})) as sim:
-        settings: dict[str, Any] = {
-            "base_url": sim.base_url,
-            "users": sim.user_ids,
-            "start": "2024-01-05",
-            "end": "2024-01-05",
-            "page_size": 10,
-            "max_attempts": 2,
-            "catch_up": True,
-        }
+        settings = one_day_of_45(sim, catch_up=True)
         runs = pipeline(tmp_path)
         runs.run(team_stats_source(on_incomplete="load", **settings))  # no raise: loaded
         with pytest.raises(IncompleteLoadError) as failed:
@@ -498,10 +495,7 @@ def test_on_incomplete_load_loads_what_was_fetched_then_raises_naming_the_missin
 def test_raise_for_incomplete_is_quiet_after_a_complete_run(tmp_path: Path) -> None:
     """A complete run clears what an earlier short one left: raise_for_incomplete passes."""
     with simulator(seed=10, team_size=45, fail_pages=frozenset({3})) as sim:
-        settings: dict[str, Any] = {
-            "base_url": sim.base_url, "users": sim.user_ids, "start": "2024-01-05",
-            "end": "2024-01-05", "page_size": 10, "max_attempts": 2,
-        }  # fmt: skip
+        settings = one_day_of_45(sim)
         runs = pipeline(tmp_path)
         runs.run(team_stats_source(on_incomplete="load", **settings))
         with pytest.raises(IncompleteLoadError):
