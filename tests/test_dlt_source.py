@@ -570,3 +570,22 @@ def test_a_workspace_without_its_key_fails_before_any_request(
         with pytest.raises(ConfigError, match="GLOBEX_SALESHANDY_KEY"):
             team_stats_source(config=workspaces_config(tmp_path, sim))
         assert sim.stats.requests == 0
+
+
+def test_with_workspaces_an_incomplete_run_raises_naming_the_missing_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the workspaces' router, a page out of retries is fetcher's error, not a group."""
+    monkeypatch.setenv("ACME_SALESHANDY_KEY", ACME)
+    monkeypatch.setenv("GLOBEX_SALESHANDY_KEY", GLOBEX)
+    with simulator(
+        seed=12, team_size=14, api_keys=(ACME, GLOBEX), fail_pages=frozenset({3})
+    ) as sim:
+        config = workspaces_config(tmp_path, sim)
+        with pytest.raises(PipelineStepFailed) as failed:
+            pipeline(tmp_path).run(team_stats_source(config=config, max_attempts=2))
+    cause = failed.value.__cause__
+    while cause is not None and not isinstance(cause, IncompleteExtractError):
+        cause = cause.__cause__
+    assert isinstance(cause, IncompleteExtractError), failed.value
+    assert sorted(f.page for f in cause.summary.failed_pages) == [3, 3]  # one per workspace

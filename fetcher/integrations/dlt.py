@@ -86,19 +86,16 @@ the same task.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
-from anyio import create_task_group
-from anyio.abc import TaskGroup
 from anyio.from_thread import start_blocking_portal
 from pydantic import SecretStr
 
@@ -121,14 +118,13 @@ from fetcher.app.settings import (
     resolve_workspace_key,
 )
 from fetcher.errors import ConfigError, FetcherError, IncompleteRunError
-from fetcher.run.pool import PageStream, Paginator
 from fetcher.run.router import WorkspaceClients
 from fetcher.spec import EMAIL_METRICS, PROSPECT_METRICS, format_api_datetime
 
 if TYPE_CHECKING:
     from fetcher.models import Page
     from fetcher.run.client import Client
-    from fetcher.run.pool import RunSummary
+    from fetcher.run.pool import PageStream, RunSummary
     from fetcher.spec import QuerySpec
 
 __all__ = [
@@ -436,15 +432,14 @@ def _team_stats(job: _Job) -> Iterator[list[dict[str, Any]]]:
         if not specs:
             log.info("run.up_to_date", completed_through=after.isoformat() if after else None)
             return
-        if settings.workspaces:
-            router = WorkspaceClients({str(name): c for name, c in clients.items()})
-            group = stack.enter_context(portal.wrap_async_context_manager(_task_group()))
-            buffer = 2 * sum(c.concurrency for c in clients.values())
-            stream = portal.call(
-                lambda: PageStream.start(group, Paginator(router, specs), buffer=buffer)
-            )
-        else:
-            stream = portal.call(clients[None].pages, specs)
+        # With workspaces, through the router to each one's client (as in `export`).
+        router = (
+            WorkspaceClients({str(name): c for name, c in clients.items()})
+            if settings.workspaces
+            else None
+        )
+        first = next(iter(clients.values()))
+        stream = portal.call(functools.partial(first.pages, specs, via=router))
         stack.callback(portal.call, stream.aclose)
         user_id_field = settings.user_id_field
         state = dlt.current.resource_state()
@@ -463,13 +458,6 @@ def _team_stats(job: _Job) -> Iterator[list[dict[str, Any]]]:
         if settings.catch_up:
             completed = max(spec.end for spec in specs).isoformat(timespec="milliseconds")
             ledger[run.identity] = completed
-
-
-@contextlib.asynccontextmanager
-async def _task_group() -> AsyncIterator[TaskGroup]:
-    """A task group entered in the portal's loop (creating one needs a running loop)."""
-    async with create_task_group() as group:
-        yield group
 
 
 async def _next_page(stream: PageStream) -> Page | None:

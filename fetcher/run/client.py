@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from fetcher.http.client import PageClient
 from fetcher.run.pool import PageStream, Paginator
+from fetcher.run.router import PageSource
 from fetcher.spec import QuerySpec
 
 __all__ = ["Client"]
@@ -28,7 +29,9 @@ class Client(PageClient):
     Takes the arguments of :class:`~fetcher.http.client.PageClient`.
     """
 
-    def pages(self, queries: QuerySpec | Iterable[QuerySpec]) -> PageStream:
+    def pages(
+        self, queries: QuerySpec | Iterable[QuerySpec], *, via: PageSource | None = None
+    ) -> PageStream:
         """Every page of one or more queries, concurrently, each exactly once.
 
         Pages arrive in completion order, each tagged with its query and page
@@ -38,9 +41,13 @@ class Client(PageClient):
 
         Args:
             queries: one query or several; they share this client's limiter.
+            via: fetch the pages through this source instead, in this client's
+                task group: a :class:`~fetcher.run.router.WorkspaceClients` of
+                which this client is one, for the queries of several keys.
         """
         if self._task_group is None:
             raise RuntimeError("use the client as `async with Client(...) as client:` first")
         specs = [queries] if isinstance(queries, QuerySpec) else list(queries)
-        paginator = Paginator(self, specs)
-        return PageStream.start(self._task_group, paginator, buffer=self.concurrency * 2)
+        source = self if via is None else via
+        paginator = Paginator(source, specs)
+        return PageStream.start(self._task_group, paginator, buffer=source.concurrency * 2)
