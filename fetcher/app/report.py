@@ -12,17 +12,14 @@ a torn or hand-edited report is refused with the field that is wrong.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fetcher._version import __version__
 from fetcher.errors import ConfigError
 from fetcher.files import write_atomically
-from fetcher.run.pool import FailedPage, IncompleteQuery, QueryResult
-
-if TYPE_CHECKING:
-    from fetcher.run.pool import RunSummary
+from fetcher.run.pool import FailedPage, IncompleteQuery, QueryResult, RunSummary
 
 __all__ = ["RunReport", "write_report"]
 
