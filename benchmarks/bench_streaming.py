@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks._harness import Measured, Simulator, jsonl_counts, print_table, simulator, verdict
+from benchmarks import _limits
+from benchmarks._harness import Simulator, jsonl_counts, print_table, simulator, verdict
 from benchmarks._limits import FetcherUnderTest
 
 PAGE_SIZE: Final = 10
@@ -83,23 +84,12 @@ def partial_of(path: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Export:
-    """One ``fetcher export`` process, finished and checked."""
+class Export(_limits.Export):
+    """One ``fetcher export`` process, finished and checked, with when its first page came."""
 
-    name: str
-    measured: Measured
-    report: dict[str, Any]
-    expected: int
-    records: int
-    distinct: int
     spawned: float  # time.monotonic() just before the process was spawned
     first_record: float | None  # time.monotonic() when the .partial file had its first bytes
     first_request: float | None  # the simulator's arrival of the first team-stats request
-
-    @property
-    def complete(self) -> bool:
-        """Every expected row, each exactly once."""
-        return self.records == self.expected == self.distinct
 
     @property
     def to_first_record_s(self) -> float | None:
