@@ -132,3 +132,67 @@ async def test_requests_the_server_counted_in_its_next_window_are_charged_to_it(
         assert [g.granted for g in after] == [True, False]  # 3 - 2 charged = 1 left
     finally:
         await window.aclose()
+
+
+async def test_requests_granted_late_in_a_window_known_to_a_second_count_in_the_next_too() -> None:
+    """A late start: the window's end is known only to a whole second, so late grants count twice.
+
+    Seen on a busy machine: the probe's answer said "1" (the window ends within a
+    second), the other processes started 0.4 s later and took the rest of the
+    quota, the server's window had turned in between, and the next shared window
+    (opening at the sure end) sent its whole quota into the server's window that
+    already held them: 10 refused, or 19 counted in one window where 10 are allowed.
+    """
+    window, clock = await _window("late"), anyio.current_time
+    try:
+        probe = await window.take(limit=None, fallback_s=1.0, now=clock())
+        assert probe.granted
+        # Its answer: 9 left, a reset of "1" read at once: the end is in (0, 0.6] s from now.
+        t0 = clock()
+        window.saw(probe.window, remaining=9, ends_at=t0 + 0.6, ends_after=t0 - 0.4)
+        await anyio.sleep(0.3)  # the others start late
+        late = [await window.take(limit=10, fallback_s=1.0, now=clock()) for _ in range(9)]
+        assert all(g.granted and g.window == probe.window for g in late)
+        await anyio.sleep(t0 + 0.65 - clock())
+        after = [await window.take(limit=10, fallback_s=1.0, now=clock()) for _ in range(2)]
+        # The 9 may have been counted in the server's next window: it has 1 left.
+        assert [g.granted for g in after] == [True, False]
+        assert after[0].window == probe.window + 1
+    finally:
+        await window.aclose()
+
+
+async def test_a_burst_at_the_opening_is_not_charged_to_the_next_window() -> None:
+    """The quota taken at once when the window opens: the next window has its whole quota."""
+    window, clock = await _window("burst"), anyio.current_time
+    try:
+        grants = [await window.take(limit=5, fallback_s=1.0, now=clock()) for _ in range(5)]
+        assert all(g.granted for g in grants)
+        t0 = clock()
+        window.saw(grants[0].window, remaining=0, ends_at=t0 + 0.3, ends_after=t0 - 0.7)
+        denied = await window.take(limit=5, fallback_s=1.0, now=clock())
+        assert not denied.granted
+        await anyio.sleep(t0 + 0.35 - clock())
+        after = [await window.take(limit=5, fallback_s=1.0, now=clock()) for _ in range(6)]
+        assert [g.granted for g in after] == [True] * 5 + [False]
+        assert after[0].window == grants[0].window + 1
+    finally:
+        await window.aclose()
+
+
+async def test_a_late_grant_before_the_windows_earliest_end_is_not_charged() -> None:
+    """Known to end no sooner than in 0.45 s (a longer window): a late grant is surely in it."""
+    window, clock = await _window("early"), anyio.current_time
+    try:
+        first = await window.take(limit=4, fallback_s=2.0, now=clock())
+        t0 = clock()
+        window.saw(first.window, remaining=3, ends_at=t0 + 0.5, ends_after=t0 + 0.45)
+        await anyio.sleep(0.15)
+        late = [await window.take(limit=4, fallback_s=2.0, now=clock()) for _ in range(3)]
+        assert all(g.granted for g in late)
+        await anyio.sleep(t0 + 0.55 - clock())
+        after = [await window.take(limit=4, fallback_s=2.0, now=clock()) for _ in range(5)]
+        assert [g.granted for g in after] == [True] * 4 + [False]
+        assert after[0].window == first.window + 1
+    finally:
+        await window.aclose()

@@ -2,8 +2,9 @@
 
 Each process is a separate `python -m fetcher export` exporting its own users
 against one simulator (one key, one rate limit). The simulator counts a hit when
-it answers, so a window the processes overran together shows in ``max_in_window``
-instead of only as refusals.
+it answers, so it admits what the processes send together and a window they
+overran shows in ``max_arrived_in_window`` (admitted requests that arrived in
+one window) instead of only as refusals.
 """
 
 from __future__ import annotations
@@ -152,13 +153,16 @@ async def test_processes_sharing_a_limiter_never_overrun_the_window(
         assert_exact(sim, runs)
     assert (rate["limit"], rate["window_s"], rate["mode"]) == (LIMIT, 1.0, "aligned")
     assert rate["admitted"] >= processes * PAGES_PER_PROCESS
-    # Never more than the limit in a window: without --shared-limiter the same run
-    # puts 20 in one (and 4 processes are refused 116 times).
-    assert rate["max_in_window"] <= LIMIT, rate
-    # Zero refusals is benchmark (h)'s target, and a quiet machine meets it. In about
-    # one run in five on a busy one (CI beside other work), a granted window's quota
-    # goes out late and is refused whole, once or twice, and retried (issue 14 notes
-    # it). Pinned here: at most two windows' quota refused, the output exact.
+    # Never more than the limit sent into a window: without --shared-limiter the same
+    # run sends 20 into one (and 4 processes are refused 116 times). What the server
+    # counted by its answers (max_in_window) may be more on a busy machine: a burst
+    # sent before a window's end and answered after it counts in the next one,
+    # which no client can see in headers computed on arrival.
+    assert rate["max_arrived_in_window"] <= LIMIT, rate
+    # Zero refusals is benchmark (h)'s target, and a quiet machine meets it. On a
+    # busy one the simulator itself answers up to 0.1 s late, and a window can then
+    # be refused whole once or twice and retried. Pinned here: at most two windows'
+    # quota refused, the output exact.
     assert rate["refused"] <= 2 * LIMIT, rate
 
 

@@ -296,6 +296,25 @@ def test_answer_mode_does_not_count_requests_in_flight() -> None:
     assert refused.reset_in == 10.0  # the window opened with the first answer, at 0.5
 
 
+def test_answer_mode_tells_what_arrived_in_a_window_from_what_was_counted_in_it() -> None:
+    """count_on="answer": sent before the end, answered after it, counted in the next window.
+
+    ``max_in_window`` then says what the server counted (its latency included);
+    ``max_arrived_in_window`` what the client sent into one window.
+    """
+    clock = FakeClock(0.9)
+    limiter = make_limiter(clock, 3, 1.0, mode="aligned", count_on="answer")
+    late = [limiter.check(KEY) for _ in range(2)]  # arrive at 0.9, in [0, 1)
+    clock.now = 1.05  # answered in [1, 2)
+    for sent in late:
+        limiter.answered(KEY, sent)
+    fresh = [limiter.check(KEY) for _ in range(2)]  # arrive in [1, 2): 2 + 2 counted there
+    for sent in fresh:
+        limiter.answered(KEY, sent)
+    assert all(d.allowed for d in late + fresh)
+    assert (limiter.max_in_window, limiter.max_arrived_in_window) == (4, 2)
+
+
 def test_arrival_mode_counts_at_the_check() -> None:
     """count_on="arrival": each check counts, so the third of three concurrent checks is refused."""
     clock = FakeClock(0.0)
@@ -503,6 +522,7 @@ async def test_rate_stats_count_real_clients_and_reset(session: aiohttp.ClientSe
             "count_on": "arrival",
             "count_refused": False,
             "max_in_window": 2,
+            "max_arrived_in_window": 2,
             "admitted": 2,
             "refused": 2,
             "foreign_admitted": 0,

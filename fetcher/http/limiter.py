@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import structlog
 
-from fetcher.http.quota import Quota, Ticket, latest_end, read_reset
+from fetcher.http.quota import Quota, Ticket, earliest_end, latest_end, read_reset
 
 if TYPE_CHECKING:
     from fetcher.http.shared import SharedWindow
@@ -448,6 +448,7 @@ class Limiter:
                 ticket.shared_window,
                 remaining=0 if refused else remaining,
                 ends_at=None if reset is None else latest_end(ticket, now, reset) + self._margin,
+                ends_after=None if reset is None else earliest_end(ticket, now, reset),
                 # Later than the shared window it was granted in: only if that shared
                 # window was ours too when our window began (else ours was behind).
                 later=self.quota.counted_later

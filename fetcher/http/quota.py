@@ -48,7 +48,15 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["PRECISION_S", "Quota", "ResetReading", "Ticket", "latest_end", "read_reset"]
+__all__ = [
+    "PRECISION_S",
+    "Quota",
+    "ResetReading",
+    "Ticket",
+    "earliest_end",
+    "latest_end",
+    "read_reset",
+]
 
 #: A window end known to within this many seconds is taken as exact: a refusal's
 #: pause may end there rather than at a rounded-up ``Retry-After``.
@@ -147,6 +155,16 @@ def latest_end(ticket: Ticket, now: float, reset: ResetReading) -> float:
     if reset.absolute:
         return now + reset.seconds
     return ticket.sent_at + max(reset.seconds, 0.0)
+
+
+def earliest_end(ticket: Ticket, now: float, reset: ResetReading) -> float:
+    """The earliest moment (send time) the window that answered ``ticket`` may end.
+
+    :func:`latest_end` less the header's rounding: a reset of "1" in whole
+    seconds read at ``t`` says the window ends in ``(t, t + 1]``, so a request
+    sent at ``t + 0.5`` may be counted in it or in the next.
+    """
+    return latest_end(ticket, now, reset) - reset.granularity
 
 
 @dataclass(slots=True)

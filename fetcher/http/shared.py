@@ -64,12 +64,18 @@ _TTL_MS: Final = 3_600_000
 #     answer count it in the next window; it is charged to both.
 #  12 requests granted in the reported window that the server counted in a later
 #     one: charged to the window after the reported one.
+#  13 1 if the report gives the earliest moment the window may end, 0 if not; 14
+#     seconds from now to it. A request granted once an answer has told that, and
+#     answered after it, may be counted in the server's next window (a reset of "1"
+#     in whole seconds: the end is anywhere in the next second): it is charged to
+#     the next window too. The burst at a window's opening, granted before any
+#     answer, is not.
 # Returns {granted 0/1, seconds to wait before asking again, the window number}.
 _TAKE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local h = redis.call('HMGET', KEYS[1], 'pause', 'end', 'used', 'limit', 'win', 'start', 'probe',
-  'next')
+  'next', 'lo')
 local pause = tonumber(h[1]) or 0
 local wend = tonumber(h[2])
 local used = tonumber(h[3]) or 0
@@ -78,12 +84,17 @@ local win = tonumber(h[5]) or 0
 local start = tonumber(h[6]) or now
 local probe = tonumber(h[7]) or 0
 local nxt = tonumber(h[8]) or 0
+local lo = tonumber(h[9])
 local fallback = tonumber(ARGV[6])
 if tonumber(ARGV[1]) ~= 0 then limit = tonumber(ARGV[1]) end
 if win > 0 and tonumber(ARGV[2]) == win then
   if ARGV[3] == '1' then
     local e = now + tonumber(ARGV[4])
     if wend == nil or e < wend then wend = e end
+  end
+  if ARGV[13] == '1' then
+    local l = now + tonumber(ARGV[14])
+    if lo == nil or l > lo then lo = l end
   end
   local seen = tonumber(ARGV[5])
   if seen >= 0 and limit > 0 and limit - seen > used then used = limit - seen end
@@ -98,6 +109,8 @@ local function save()
     'win', win, 'start', tostring(start), 'probe', tostring(probe), 'next', nxt)
   if wend == nil then redis.call('HDEL', KEYS[1], 'end')
   else redis.call('HSET', KEYS[1], 'end', tostring(wend)) end
+  if lo == nil then redis.call('HDEL', KEYS[1], 'lo')
+  else redis.call('HSET', KEYS[1], 'lo', tostring(lo)) end
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
 end
 -- A window ends at its sure end, or, when no one said where that is and its
@@ -107,6 +120,7 @@ if win == 0 or (wend ~= nil and now >= wend)
   win = win + 1
   if wend ~= nil and win > 1 then start = wend else start = now end
   wend = nil
+  lo = nil
   used = nxt
   nxt = 0
 end
@@ -133,7 +147,10 @@ elseif limit > 0 and used >= limit then
   return {0, tostring(wait), win}
 end
 used = used + 1
-if wend ~= nil and now + tonumber(ARGV[11]) >= wend then nxt = nxt + 1 end
+local rtt = tonumber(ARGV[11])
+if (wend ~= nil and now + rtt >= wend) or (lo ~= nil and now + rtt >= lo) then
+  nxt = nxt + 1
+end
 save()
 return {1, '0', win}
 """
@@ -169,6 +186,7 @@ class _Report:
     window: int
     remaining: int | None = None
     ends_at: float | None = None  # the caller's clock: the latest the window may end
+    ends_after: float | None = None  # the caller's clock: the earliest it may end
     later: int = 0  # requests the server counted in a later window than this one
 
 
@@ -244,7 +262,13 @@ class SharedWindow:
             await self._client.aclose()
 
     def saw(
-        self, window: int, *, remaining: int | None, ends_at: float | None, later: bool = False
+        self,
+        window: int,
+        *,
+        remaining: int | None,
+        ends_at: float | None,
+        later: bool = False,
+        ends_after: float | None = None,
     ) -> None:
         """Remember what an answer said of shared window ``window``; sent with the next call.
 
@@ -257,6 +281,8 @@ class SharedWindow:
                 granted in (it was in flight when the server's window turned,
                 before anyone knew): it is charged to the next shared window,
                 and what it says describes that one, not ``window``.
+            ends_after: the earliest moment (the caller's clock) the window may
+                end, from its reset header less its rounding.
         """
         if window <= 0:
             return
@@ -274,6 +300,10 @@ class SharedWindow:
             )
         if ends_at is not None:
             report.ends_at = ends_at if report.ends_at is None else min(report.ends_at, ends_at)
+        if ends_after is not None:
+            report.ends_after = (
+                ends_after if report.ends_after is None else max(report.ends_after, ends_after)
+            )
 
     def pause(self, seconds: float) -> None:
         """Ask every process to pause; sent with the next call."""
@@ -305,7 +335,7 @@ class SharedWindow:
         from redis.exceptions import RedisError  # noqa: PLC0415
 
         report = self._report or _Report(0)
-        ends = report.ends_at
+        ends, after = report.ends_at, report.ends_after
         args = [
             limit or 0,
             report.window,
@@ -319,6 +349,8 @@ class SharedWindow:
             _TTL_MS,
             repr(max(rtt_s, 0.0)),
             report.later,
+            0 if after is None else 1,
+            repr(0.0 if after is None else after - now),
         ]
         try:
             answer = await self._script(keys=[self.key], args=args)  # type: ignore[operator]

@@ -307,6 +307,9 @@ class RateLimiter:
         self._wall_clock = wall_clock
         self._windows: dict[str, _Window] = {}
         self._max_in_window = 0
+        # With count_on="answer": the admitted requests by arrival, in windows of their own.
+        self._arrivals: dict[str, _Window] = {}
+        self._max_arrived = 0
 
     @classmethod
     def from_config(cls, config: SimulatorConfig) -> RateLimiter:
@@ -346,6 +349,18 @@ class RateLimiter:
         """
         return self._max_in_window
 
+    @property
+    def max_arrived_in_window(self) -> int:
+        """The most admitted requests of one key that *arrived* in one window.
+
+        What the client controls: how many it sent into one window. With
+        ``count_on="arrival"`` it is :attr:`max_in_window` (refusals aside); with
+        ``"answer"``, requests that arrive before a window's end and are answered
+        after it count in the next one, so :attr:`max_in_window` also measures the
+        server's own latency at the boundary. Since the last :meth:`reset`.
+        """
+        return self._max_arrived if self._count_on == "answer" else self._max_in_window
+
     def describe(self) -> dict[str, Any]:
         """The settings and the busiest window, as JSON-able data for the stats.
 
@@ -360,6 +375,7 @@ class RateLimiter:
             "count_on": self._count_on,
             "count_refused": self._count_refused,
             "max_in_window": self._max_in_window,
+            "max_arrived_in_window": self.max_arrived_in_window,
         }
         if self._key_limits:
             described["keys"] = [
@@ -373,8 +389,9 @@ class RateLimiter:
         wall = self._wall_clock()
         return (wall if self._mode == "aligned" else self._clock()), wall
 
-    def _window(self, key: str) -> _Window:
-        window = self._windows.get(key)
+    def _window(self, key: str, windows: dict[str, _Window] | None = None) -> _Window:
+        windows = self._windows if windows is None else windows
+        window = windows.get(key)
         if window is None:
             match self._mode:
                 case "first-request":
@@ -383,7 +400,7 @@ class RateLimiter:
                     window = AlignedWindow(self._window_s, self._phase_s)
                 case "sliding":
                     window = SlidingLog(self._window_s, self.limit_for(key))
-            self._windows[key] = window
+            windows[key] = window
         return window
 
     def _count(self, key: str, window: _Window, now: float) -> None:
@@ -403,6 +420,9 @@ class RateLimiter:
         allowed = counted < limit
         if self._count_on == "arrival" and (allowed or self._count_refused):
             self._count(key, window, now)
+        elif allowed:
+            arrived = self._window(key, self._arrivals).add(now)
+            self._max_arrived = max(self._max_arrived, arrived)
         reset_in = window.reset_in(now)
         return Decision(
             allowed=allowed,
@@ -432,6 +452,8 @@ class RateLimiter:
         """Forget every window (a fresh quota for every key) and the busiest window."""
         self._windows.clear()
         self._max_in_window = 0
+        self._arrivals.clear()
+        self._max_arrived = 0
         self._max_by_key.clear()
 
 
