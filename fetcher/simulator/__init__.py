@@ -29,7 +29,8 @@ Checks, in order
        count too), and ``foreign_share`` (another client on the first key spends that
        share of its budget, evenly spaced, for the life of the server). The stats'
        ``"rate"`` object says what the limit did, ``max_in_window`` (the key's most
-       counted hits in one window) included.
+       counted hits in one window) and ``max_arrived_in_window`` (the most admitted
+       requests that arrived in one: what the client sent) included.
     3. **Validation**: all nine fields required, unknown ones rejected, strict types
        (``limit``/``page`` must be JSON integers), aware ISO 8601 dates, ``orderBy`` a
        metric of ``type``. HTTP 400 ``{"statusCode": 400, "message": ..., "error":
