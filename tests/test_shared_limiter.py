@@ -196,3 +196,44 @@ async def test_a_late_grant_before_the_windows_earliest_end_is_not_charged() -> 
         assert after[0].window == first.window + 1
     finally:
         await window.aclose()
+
+
+async def test_a_process_that_probed_and_ends_tells_the_others_the_limit() -> None:
+    """The key's probe was one process's only request: closing, it tells the limit.
+
+    Many small units (one page each) on many workers: the first worker's request
+    is the probe, the others wait for its answer. It reported the limit only with
+    its next turn, which never came, so every other process waited the probe's
+    whole hold (10 s by default) before the first page of theirs went.
+    """
+    first, second = await _window("probe-ends"), await _window("probe-ends")
+    second.key = first.key
+    clock = anyio.current_time
+    try:
+        probe = await first.take(limit=None, fallback_s=1.0, now=clock())
+        assert probe.granted
+        t0 = clock()
+        first.saw(probe.window, remaining=9, ends_at=t0 + 1.0, ends_after=t0)
+        await first.aclose(now=clock(), limit=10)
+        after = await second.take(limit=None, fallback_s=1.0, now=clock())
+        assert after.granted
+    finally:
+        await second.aclose()
+
+
+async def test_an_export_of_one_page_leaves_the_limit_it_learned_for_the_others() -> None:
+    """A one-page export with --shared-limiter: the shared state knows the key's limit after it."""
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    config = SimulatorConfig(team_size=5, rate_limit=7, rate_window_s=1.0, reset_format="seconds")
+    async with serve(config) as sim:
+        summary = await export(
+            spec_for(sim), MemorySink(), api_key=KEY, base_url=sim.base_url, shared_limiter=REDIS
+        )
+        assert summary.ok and sim.stats.requests >= 1
+        redis = Redis.from_url(REDIS)
+        try:
+            limit = await redis.hget(shared_key(KEY, sim.base_url), "limit")
+        finally:
+            await redis.aclose()
+    assert limit == b"7"

@@ -546,18 +546,24 @@ class Limiter:
         """Take this request's turn from the shared budget: 0, or how long to wait first."""
         assert self.shared is not None
         quota = self.quota
-        limit = quota.limit
-        if limit is None and self._answered:
-            limit = -1  # answers came, none said a limit: nothing to share but pauses
         period = quota.period.hi if quota.period is not None else self._default_pause
-        grant = await self.shared.take(limit=limit, fallback_s=period, now=now, rtt_s=quota.rtt)
+        grant = await self.shared.take(
+            limit=self._shared_limit(), fallback_s=period, now=now, rtt_s=quota.rtt
+        )
         self._granted_window = grant.window
         return 0.0 if grant.granted else max(grant.wait_s, 0.001)
 
+    def _shared_limit(self) -> int | None:
+        """The limit to tell the shared budget: known, ``None`` before any answer, or -1."""
+        limit = self.quota.limit
+        if limit is None and self._answered:
+            return -1  # answers came, none said a limit: nothing to share but pauses
+        return limit
+
     async def aclose(self) -> None:
-        """Let go of the shared budget's connection, if there is one."""
+        """Let go of the shared budget's connection, if there is one (telling what was learned)."""
         if self.shared is not None:
-            await self.shared.aclose(now=self._clock())
+            await self.shared.aclose(now=self._clock(), limit=self._shared_limit())
 
     async def _wait(self, delay: float | None) -> None:
         """Sleep ``delay`` seconds, at most :data:`_RECHECK_S` at a time; ``None``: until an answer.

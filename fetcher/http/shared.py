@@ -254,10 +254,18 @@ class SharedWindow:
             ) from None
         self._script = self._client.register_script(_TAKE)
 
-    async def aclose(self, *, now: float | None = None) -> None:
-        """Send what is left to report (other processes may be waiting on it), then close."""
-        if self._report is not None and now is not None:
-            await self._call(limit=None, fallback_s=1.0, now=now, take=False)
+    async def aclose(self, *, now: float | None = None, limit: int | None = None) -> None:
+        """Send what is left to report (other processes may be waiting on it), then close.
+
+        Args:
+            now: the caller's clock (the one :meth:`saw`'s ``ends_at`` is on).
+            limit: the limit the answers told, as for :meth:`take`. A process whose
+                first request was the key's probe (the one let go while the limit
+                is unknown) and that has nothing more to send tells it here;
+                else every other process waits out the probe's hold.
+        """
+        if (self._report is not None or limit is not None) and now is not None:
+            await self._call(limit=limit, fallback_s=1.0, now=now, take=False)
         if self._client is not None:
             await self._client.aclose()
 
