@@ -339,3 +339,42 @@ async def test_plan_gives_each_workspace_and_the_workers_the_job_can_use(tmp_pat
         missing = await run_fetcher(["plan", "--config", str(config)], {"ACME_KEY": KEY_A})
         assert missing.returncode == 2 and "workspaces[globex].api_key_env" in missing.stderr
         assert KEY_A not in text.stdout + text.stderr + missing.stderr
+
+
+async def test_plan_catch_up_with_workspaces_starts_where_the_export_left_off(
+    tmp_path: Path,
+) -> None:
+    """`fetcher plan --catch-up` plans what the next `fetcher export` of the job fetches.
+
+    The export keeps one catch-up position for the whole job (all workspaces
+    together); the plan looked each workspace up under its own identity, found
+    nothing, and planned the whole window again.
+    """
+    async with (
+        serve(SimulatorConfig(seed=1, team_size=9, api_keys=(KEY_A,))) as acme_sim,
+        serve(SimulatorConfig(seed=2, team_size=5, api_keys=(KEY_B,))) as globex_sim,
+    ):
+        out = tmp_path / "stats.jsonl"
+
+        def config(end: str) -> Path:
+            return write_config(
+                tmp_path / "job.toml",
+                f'start = "2024-01-01"\nend = "{end}"\nslice = "day"\ntype = "prospect"\n'
+                f'all_users = true\ncatch_up = true\nout = "{out}"\nlog_level = "warning"\n',
+                f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
+                f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+            )
+
+        env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
+        first = await run_fetcher(["export", "--config", str(config("2024-01-03"))], env)
+        assert first.returncode == 0, first.stderr
+        result = await run_fetcher(
+            ["plan", "--config", str(config("2024-01-05")), "--json", "--no-probe"], env
+        )
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        for name in ("acme", "globex"):
+            workspace = plan["workspaces"][name]
+            assert workspace["catch_up_after"].startswith("2024-01-03T23:59:59.999"), workspace
+            assert workspace["window"][0].startswith("2024-01-04T00:00:00.000"), workspace
+        assert plan["units"] == 2 * 2  # two new days, one type, in each workspace

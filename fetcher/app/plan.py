@@ -39,7 +39,7 @@ import anyio
 import structlog
 
 from fetcher.app.connect import ApiSession, Observed, open_api
-from fetcher.app.resolve import preflight, resolve_run
+from fetcher.app.resolve import catch_up_from, job_identity, preflight, resolve_run
 from fetcher.app.settings import ExportSettings, resolve_workspace_key
 from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
 from fetcher.http.retry import RetryPolicy
@@ -49,6 +49,7 @@ from fetcher.spec import format_api_datetime
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from fetcher.app.resolve import CatchUp
     from fetcher.http.limiter import Rate
     from fetcher.spec import QuerySpec
 
@@ -375,8 +376,35 @@ async def make_job_plan(
     """
     workspaces = settings.workspaces or []
     keys = {w.name: resolve_workspace_key(w) for w in workspaces}
+    listed = preflight(settings, now=now)  # what needs no request fails before any
+    catch_up: CatchUp | None = None
+    if settings.catch_up:
+        # The export keeps one catch-up position for the whole job, under the
+        # identity of all its workspaces together: the plan reads the same one.
+        users_of: dict[str | None, list[str]] = {}
+        for w in workspaces:
+            users = listed[w.name]
+            if users is None:
+                async with open_api(settings.for_workspace(w), key=keys[w.name]) as api:
+                    users = [member.user_id for member in await api.client.team_members()]
+            users_of[w.name] = listed[w.name] = users
+        after = catch_up_from(settings, job_identity(settings, users_of))
+
+        def catch_up(_identity: str) -> dt.datetime | None:
+            return after
+
     plans = [
-        (w.name, await make_plan(settings.for_workspace(w), probe=probe, now=now, key=keys[w.name]))
+        (
+            w.name,
+            await make_plan(
+                settings.for_workspace(w),
+                probe=probe,
+                now=now,
+                key=keys[w.name],
+                users=listed[w.name],
+                catch_up=catch_up,
+            ),
+        )
         for w in workspaces
     ]
     return JobPlan(tuple(plans))
@@ -470,6 +498,8 @@ async def make_plan(
     probe: bool = True,
     now: dt.datetime | None = None,
     key: SecretStr | None = None,
+    users: list[str] | None = None,
+    catch_up: CatchUp | None = None,
 ) -> RunPlan:
     """Resolve the settings into queries and estimate the export's pages and time.
 
@@ -478,6 +508,8 @@ async def make_plan(
         probe: fetch page 1 of each query (once, never retried) for exact sizes.
         now: the moment relative windows are evaluated at (default: now).
         key: the API key, if the caller resolved it (default: the settings').
+        users: the users, if the caller has them (a workspace's team, listed once).
+        catch_up: where ``catch_up = true`` starts (default: the state file's ledger).
 
     Raises:
         ConfigError: invalid settings, found before any request.
@@ -486,15 +518,19 @@ async def make_plan(
         FetcherError: the team member list could not be fetched.
     """
     listed = preflight(settings, now=now)  # what needs no request fails before any
+    if users is not None:
+        listed = {None: users}
     notes: list[str] = []
     if not probe and None not in listed.values():
-        run = await resolve_run(settings, listed, now=now)
+        run = await resolve_run(settings, listed, now=now, catch_up=catch_up)
         estimated = [_estimate(spec) for spec in run.specs]
         return _plan(settings, run.specs, estimated, run.users, after=run.after, notes=notes)
     # The team list is retried like in an export (open_api's default policy);
     # probes are not (see below).
     async with open_api(settings, key=key) as api:
-        run = await resolve_run(settings, listed, clients={None: api.client}, now=now)
+        run = await resolve_run(
+            settings, listed, clients={None: api.client}, now=now, catch_up=catch_up
+        )
         specs, users, after = run.specs, run.users, run.after
         if probe:
             # One request per query, never more: a probe that fails is estimated instead.
