@@ -378,3 +378,36 @@ async def test_plan_catch_up_with_workspaces_starts_where_the_export_left_off(
             assert workspace["catch_up_after"].startswith("2024-01-03T23:59:59.999"), workspace
             assert workspace["window"][0].startswith("2024-01-04T00:00:00.000"), workspace
         assert plan["units"] == 2 * 2  # two new days, one type, in each workspace
+
+
+async def test_check_tries_every_workspace_with_its_own_key_and_url(tmp_path: Path) -> None:
+    """`fetcher check --config` with workspaces: one line per workspace, exit 3 for a bad key."""
+    async with (
+        serve(SimulatorConfig(seed=1, team_size=4, api_keys=(KEY_A,))) as acme_sim,
+        serve(SimulatorConfig(seed=2, team_size=3, api_keys=(KEY_B,))) as globex_sim,
+    ):
+        config = write_config(
+            tmp_path / "job.toml",
+            SHARED + "all_users = true\n",
+            f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
+            f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+        )
+        good = await run_fetcher(
+            ["check", "--config", str(config)], {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
+        )
+        assert good.returncode == 0, good.stderr
+        assert "[acme] OK: " in good.stdout and "[globex] OK: " in good.stdout
+        assert acme_sim.base_url in good.stdout and globex_sim.base_url in good.stdout
+        bad = await run_fetcher(
+            ["check", "--config", str(config)], {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_C}
+        )
+        assert bad.returncode == 3, bad.stderr
+        assert "[acme] OK: " in bad.stdout
+        assert "[globex] bad key: " in bad.stderr
+        acme_sim.stats.reset()
+        missing = await run_fetcher(["check", "--config", str(config)], {"ACME_KEY": KEY_A})
+        assert missing.returncode == 2 and "workspaces[globex].api_key_env" in missing.stderr
+        assert acme_sim.stats.requests == 0  # every key is found before any request
+        for result in (good, bad, missing):
+            for key in (KEY_A, KEY_B, KEY_C):
+                assert key not in result.stdout + result.stderr

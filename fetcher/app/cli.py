@@ -568,14 +568,28 @@ async def _plan(
 
 
 async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode:
-    from fetcher.app.check import check_api  # noqa: PLC0415  (only for this command)
+    """One check, or with ``[[workspaces]]`` one per workspace (its key, its URL).
 
-    result = await check_api(settings, key=key)
-    if result.ok:
-        print(f"fetcher check: {result.message}")  # noqa: T201  (the command's output)
-        return ExitCode.OK
-    _say(f"fetcher check: {result.message}")
-    return _exit_code_for(result.error) if result.error is not None else ExitCode.FAILED
+    Every workspace's key is found before any request; the exit code is the first
+    failed workspace's, 0 when all pass.
+    """
+    from fetcher.app.check import check_api  # noqa: PLC0415  (only for this command)
+    from fetcher.app.settings import resolve_workspace_key  # noqa: PLC0415
+
+    workspaces = settings.workspaces or []
+    scopes = [
+        (f"[{w.name}] ", settings.for_workspace(w), resolve_workspace_key(w)) for w in workspaces
+    ]
+    code = ExitCode.OK
+    for label, scope, scope_key in scopes or [("", settings, key)]:
+        result = await check_api(scope, key=scope_key)
+        if result.ok:
+            print(f"fetcher check: {label}{result.message}")  # noqa: T201  (the command's output)
+            continue
+        _say(f"fetcher check: {label}{result.message}")
+        if code == ExitCode.OK:
+            code = _exit_code_for(result.error) if result.error is not None else ExitCode.FAILED
+    return code
 
 
 async def _main(args: argparse.Namespace, secrets: list[str]) -> ExitCode:
