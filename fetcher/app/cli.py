@@ -577,7 +577,7 @@ async def _check(settings: ExportSettings, *, key: SecretStr | None) -> ExitCode
     from fetcher.app.settings import resolve_workspace_key  # noqa: PLC0415
 
     workspaces = settings.workspaces or []
-    scopes = [
+    scopes: list[tuple[str, ExportSettings, SecretStr | None]] = [
         (f"[{w.name}] ", settings.for_workspace(w), resolve_workspace_key(w)) for w in workspaces
     ]
     code = ExitCode.OK
