@@ -152,7 +152,12 @@ async def test_refusal_pauses_every_worker() -> None:
 
 
 async def test_remaining_zero_holds_everyone_until_the_reset() -> None:
-    """With x-ratelimit-remaining at 2, two requests go; the rest wait for the reset."""
+    """With x-ratelimit-remaining at 2, two requests go in a window; the rest wait for the reset.
+
+    The run's first window sends half of what its first answer left at once and
+    the rest when an answer says whether another client spends the key; none
+    comes here, so the second goes at the reset, in the next window's two.
+    """
     clock = FakeClock()
     limiter = make(clock, max_in_flight=10, margin_s=0.0)
     headers = {
@@ -164,9 +169,10 @@ async def test_remaining_zero_holds_everyone_until_the_reset() -> None:
         limiter.observe(200, headers)
         assert limiter.waiting_until is None
         times = await send_times(limiter, clock, 6)
-    # 2 now; at the reset a fresh window of 2 (the limit header); with no answer to
-    # say where that one ends, at least the 10 s the first reset said.
-    assert sorted(times) == [1000.0, 1000.0, 1010.0, 1010.0, 1020.0, 1020.0]
+    # 1 now (half of the first window's 2); at the reset a fresh window of 2 (the
+    # limit header); with no answer to say where that one ends, at least the 10 s
+    # the first reset said.
+    assert sorted(times) == [1000.0, 1010.0, 1010.0, 1020.0, 1020.0, 1030.0]
 
 
 async def test_budget_counts_requests_in_flight() -> None:

@@ -8,12 +8,13 @@ resets, the window learned, refusals, another client on the key.
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from fetcher.http.limiter import Limiter
 from fetcher.http.quota import Quota, Ticket, read_reset
 from tests.fakes import FakeClock
-from tests.throttler import Throttler, drive
+from tests.throttler import Outcome, Throttler, drive
 
 
 def make(clock: FakeClock, **options: object) -> Limiter:
@@ -73,6 +74,8 @@ def test_a_remaining_that_rose_marks_a_window_start() -> None:
     assert later.said_remaining == 0
     quota.observe(later, now=0.9, remaining=9, limit=10, reset=read_reset("1", now_wall=0.0))
     assert quota.window == 1
+    # The first window was spent before our first answer: no one else's share to
+    # keep back (it may have been a run before ours).
     assert quota.budget() == 9
 
 
@@ -183,3 +186,106 @@ def test_requests_in_flight_when_a_window_began_are_counted_once() -> None:
         remaining -= 1
     assert quota.window == 1
     assert quota.budget() == 15
+
+
+async def two_processes(server: Throttler, n: int, *, latency_s: float) -> list[Outcome]:
+    """Two limiters (two processes, no shared limiter) fetch ``n`` pages each from one key."""
+    clock = FakeClock()
+    limiters = [make(clock), make(clock)]
+    outcomes: list[Outcome] = []
+
+    async def one(limiter: Limiter) -> None:
+        outcomes.append(
+            await drive(limiter, server, clock, n, latency_s=latency_s, first_alone=True)
+        )
+
+    async with clock.running(), anyio.create_task_group() as tg:
+        for limiter in limiters:
+            tg.start_soon(one, limiter)
+    return outcomes
+
+
+async def test_two_processes_on_one_key_split_it_rather_than_collide_at_each_opening() -> None:
+    """Each keeps the other's share back for it: few refused, and both finish together.
+
+    Two exports on one key without --shared-limiter see each other only as a
+    smaller ``remaining``. Both took the whole quota at each window's opening,
+    and the one whose window estimate opened later was refused whole, every
+    window (38-53 of 200 refused at these phases). Now what others spent in one
+    of the last three windows (up to half of the limit) is kept back for them,
+    a refusal in a window we are surely in counts as theirs, and the run's first
+    burst is halved until an answer says whether anyone else is there. Started
+    together, their page 1s and first bursts still collide once.
+    """
+    for phase in (1000.37, 1000.0, 1001.2):
+        server = Throttler(20, 2.0, phase_s=phase)
+        outcomes = await two_processes(server, 100, latency_s=0.1)
+        refused = sum(o.refused for o in outcomes)
+        assert refused <= 0.065 * 200, (phase, refused)
+        slower, faster = max(o.elapsed for o in outcomes), min(o.elapsed for o in outcomes)
+        assert slower <= 1.15 * faster, (phase, slower, faster)
+        assert 200 / 20 * 2.0 / slower >= 0.9, (phase, slower)
+
+
+def test_the_others_share_is_kept_back_for_three_windows_at_most_half() -> None:
+    """A new window's budget keeps back what others spent in a recent window, at most half."""
+    one = read_reset("1", now_wall=0.0)
+    quota = Quota()
+    quota.observe(quota.sent(0.0), now=0.1, remaining=9, limit=10, reset=one)  # 9 left
+    quota.roll(1.0)  # a window, ours alone: nothing to keep back
+    assert quota.budget() == 10
+    first = quota.sent(1.0)
+    quota.observe(first, now=1.1, remaining=9, limit=10, reset=one)
+    ours = [quota.sent(1.1) for _ in range(2)]
+    for i, ticket in enumerate(ours):
+        # Others spent 7 meanwhile: 10 - 3 of ours - 7 = 0 left.
+        quota.observe(ticket, now=1.2 + i / 100, remaining=1 - i, limit=10, reset=one)
+    assert quota.budget() == 0
+    for window in range(3):
+        quota.roll(2.0 + window)
+        # They spent 7; half of the limit (5) is kept back for them, for three windows,
+        # though they spend nothing in these.
+        assert quota.budget() == 10 - 5, window
+        quota.observe(quota.sent(2.0 + window), now=2.1 + window, remaining=9, limit=10, reset=one)
+    quota.roll(5.0)
+    assert quota.budget() == 10  # not seen for three windows: the whole quota again
+
+
+async def test_a_foreign_client_spending_evenly_never_costs_a_whole_window() -> None:
+    """Another client spends half of each window evenly: every window gives us what is left.
+
+    A request sent just before a window's end, refused there (the other client
+    took the window's last slot), paused every worker until the end of the
+    window that had just begun, and that window was lost: every other window
+    admitted 1-3 of ours (0.78 of what is left).
+    """
+    server = Throttler(40, 1.0, phase_s=1000.8, foreign_per_window=20)
+    clock = FakeClock()
+    limiter = make(clock)
+    async with clock.running():
+        outcome = await drive(
+            limiter, server, clock, 200, latency_s=0.15, foreign_until=1e9, first_alone=True
+        )
+    left_per_s = (40 - 20) / 1.0
+    assert 200 / outcome.elapsed >= 0.95 * left_per_s
+    assert outcome.refused <= 0.05 * 200
+
+
+async def test_a_refusal_of_a_request_sent_in_an_ended_window_pauses_no_one() -> None:
+    """Refused by the window it was sent in, which has ended since: it says nothing of this one."""
+    clock = FakeClock()
+    limiter = make(clock, margin_s=0.0)
+    one = {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "5", "x-ratelimit-reset": "1"}
+    async with limiter.slot() as old:
+        pass
+    limiter.observe(200, one, old)
+    clock.now += 0.3
+    async with limiter.slot() as late:  # sent in the window the first answer told of
+        pass
+    clock.now += 0.9
+    async with limiter.slot() as fresh:  # in a newer window: remaining rose
+        pass
+    limiter.observe(200, {**one, "x-ratelimit-remaining": "9"}, fresh)
+    assert late.window < limiter.quota.window
+    limiter.refused(1.0, {**one, "x-ratelimit-remaining": "0"}, late)
+    assert limiter.waiting_until is None

@@ -134,6 +134,7 @@ async def drive(
     latency_s: float = 0.15,
     workers: int = 64,
     foreign_until: float | None = None,
+    first_alone: bool = False,
 ) -> Outcome:
     """Fetch ``n`` pages through ``limiter`` from ``workers`` tasks, each retried until admitted.
 
@@ -142,7 +143,9 @@ async def drive(
     """
     started = clock()
     done_at: list[float] = []
-    queue = list(range(n))
+    # first_alone: page 1 alone (it says how many there are), then the rest, as
+    # fetcher's paginator does.
+    queue = list(range(1 if first_alone else n))
     refused = 0
 
     async def worker() -> None:
@@ -170,6 +173,9 @@ async def drive(
     async with anyio.create_task_group() as tg:
         if foreign_until is not None:
             tg.start_soon(server.foreign, clock, foreign_until)
+        if first_alone:
+            await worker()
+            queue.extend(range(n - 1))
         async with anyio.create_task_group() as workers_tg:
             for _ in range(min(workers, n)):
                 workers_tg.start_soon(worker)

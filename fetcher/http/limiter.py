@@ -263,7 +263,8 @@ class Limiter:
         self._sent: deque[float] = deque(maxlen=max(self._window_n, 1))
         self._paused_until = -math.inf
         #: The server's window, learned from its headers (see fetcher.http.quota).
-        self.quota = Quota()
+        # With a shared budget the others on the key are in it: nothing to keep back.
+        self.quota = Quota(keep_back=shared is None)
         self._told_period: float | None = None
         # Woken on every answer: a waiting worker may go sooner than it planned.
         self._changed = anyio.Event()
@@ -365,6 +366,16 @@ class Limiter:
         now = self._clock()
         if self.adaptive and headers is not None:
             self._read_window(headers, ticket, refused=True)
+        if (
+            self.adaptive
+            and ticket is not None
+            and self.quota.headers_seen
+            and ticket.window < self.quota.window
+        ):
+            # Sent in a window that has ended since: it was full then, which says
+            # nothing of this one (pausing to this one's end would idle it whole).
+            self._wake()
+            return
         pause = retry_after if retry_after is not None and retry_after > 0 else None
         opens = self.quota.next_open() if self.adaptive else None
         if opens is not None and opens > now and (pause is None or self.quota.precise):

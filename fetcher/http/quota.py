@@ -33,8 +33,13 @@ What is learned, and how:
   where windows really end.
 - **The window's length**, from the starts of windows in a row.
 - **Other clients**: requests the server counted that were not ours show up
-  as a smaller ``remaining``; :attr:`Quota.shared` says so (the limiter then
-  spreads its sends over the window instead of bursting).
+  as a smaller ``remaining`` (or as a refusal with budget left by our count);
+  :attr:`Quota.shared` says so (the limiter then spreads its sends over the
+  window instead of bursting). What they spent in one of the last three windows,
+  up to half of the limit, is kept back for them at each opening: another
+  process that opens its windows later than ours shows only after ours went.
+  The run's first burst is halved until an answer says whether anyone else is
+  there (two processes started together would both take the whole window).
 
 The class is pure bookkeeping: no clock of its own, no sleeping, no I/O; the
 :class:`~fetcher.http.limiter.Limiter` drives it and the tests feed it by hand.
@@ -45,6 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +67,9 @@ __all__ = [
 #: A window end known to within this many seconds is taken as exact: a refusal's
 #: pause may end there rather than at a rounded-up ``Retry-After``.
 PRECISION_S: Final = 0.03
+
+#: Windows the others' spending is remembered for (see :meth:`Quota.budget`).
+_OTHERS_MEMORY: Final = 3
 
 #: Reset values below this are "seconds from now"; above, epoch seconds.
 _EPOCH_THRESHOLD: Final = 1_000_000_000
@@ -189,7 +198,11 @@ class Quota:
     one opens.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_back: bool = True) -> None:
+        #: Keep back for other clients on the key what they spent of late, and halve
+        #: the run's first burst until an answer says whether there are any (see
+        #: budget). Off when a shared budget coordinates them.
+        self.keep_back = keep_back
         self.limit: int | None = None
         self.window = 0
         self.headers_seen = False
@@ -211,6 +224,11 @@ class Quota:
         self._confirmed = False  # an answer was counted in the current window
         self._others = 0
         self._prev_others = 0
+        #: What others spent in each of the last windows (see :meth:`budget`).
+        self._others_seen: deque[int] = deque(maxlen=_OTHERS_MEMORY)
+        #: The first window's first report: (remaining, its request's seq).
+        self._first_said: tuple[int, int] | None = None
+        self._heard_after_first = False  # an answer to a request sent after it came
         self._adopted = 0  # ours, sent before the window opened as we knew it, counted in it
         self.rtt = 0.0
         #: The last answer was counted in a later window than the one its request
@@ -226,8 +244,8 @@ class Quota:
 
     @property
     def shared(self) -> bool:
-        """Another client spends the same budget (seen in this window or the last)."""
-        return self._others > 0 or self._prev_others > 0
+        """Another client spends the same budget (seen in this window or a recent one)."""
+        return self._others > 0 or any(self._others_seen)
 
     @property
     def precise(self) -> bool:
@@ -247,8 +265,34 @@ class Quota:
         if self.limit is not None:
             # Never more of ours in one window than the limit less the others'
             # (servers that count on answer say `remaining` without what is in flight).
-            left = min(left, self.limit - self._others - self._ours())
+            left = min(left, self.limit - max(self._others, self._kept_back()) - self._ours())
+        first = self._first_said
+        if (
+            self.keep_back
+            and self.window == 0
+            and first is not None
+            and not self._heard_after_first
+        ):
+            # The run's first window, and nothing says yet whether another client
+            # spends the key: half of what the first answer left goes at once, the
+            # rest once an answer to it says. Two processes started together would
+            # otherwise both take the whole window, and half of it be refused.
+            said, seq = first
+            left = min(left, said - said // 2 - (self._sent_seq - seq))
         return left
+
+    def _kept_back(self) -> int:
+        """What is left to the others in this window before they spend it.
+
+        The most they spent in one of the last windows, up to half of the limit.
+        Another process that opens its windows later than ours shows only there:
+        taking its share at our opening would have it refused whole (and, never
+        seen again, refused every window). Half: two processes that each kept the
+        other's whole share would keep the first window's split for the run.
+        """
+        if self.limit is None or not self._others_seen or not self.keep_back:
+            return 0
+        return min(max(self._others_seen), self.limit // 2)
 
     def next_open(self) -> float | None:
         """When the next window surely opens (send time), if known."""
@@ -372,6 +416,11 @@ class Quota:
             self._early += 1
             if self._early >= 2:
                 self.refills = False
+        elif refused and self.limit is not None and (self.shared or self._confirmed):
+            # Refused in this window (not an early opening) with budget left by our
+            # count: the others spent it, all but ours decided before this one.
+            before = ticket.seq - 1 - self._open_seq + self._adopted
+            self._others = max(self._others, self.limit - max(before, 0))
         elif refused and self._assumed and self.limit is not None:
             ours = self._sent_seq - self._open_seq
             if ours < self.limit - self._prev_others:
@@ -411,11 +460,22 @@ class Quota:
         if ticket.seq > self._ref_seq or self._ref_seq == self._open_seq:
             self._ref_seq = max(self._ref_seq, ticket.seq)
             self._ref_sent_at = max(self._ref_sent_at, ticket.sent_at)
-        if self.limit is not None and self.window > 0 and not refused:
-            # Counted before this answer, less every request of ours sent in the
-            # window by now: the rest were someone else's. Not in the first window
-            # (it may have been spent before the run), nor from a refusal's zero.
-            self._others = max(self._others, self.limit - remaining - self._ours())
+        if self.limit is not None and not refused:
+            if self.window > 0:
+                # Counted before this answer, less every request of ours sent in the
+                # window by now: the rest were someone else's.
+                self._others = max(self._others, self.limit - remaining - self._ours())
+            elif self._first_said is None:
+                # The first window may have been spent before the run: only what
+                # others spend after our first answer in it is theirs.
+                self._first_said = (remaining, ticket.seq)
+                # The run's lone first request (a paginator's page 1): what follows
+                # is its first burst (see budget). With others of ours out, no.
+                self._heard_after_first = ticket.seq != self._sent_seq
+            else:
+                said, seq = self._first_said
+                self._others = max(self._others, said - remaining - (self._sent_seq - seq))
+                self._heard_after_first = self._heard_after_first or ticket.seq > seq
         del now
 
     def _ours(self) -> int:
@@ -446,6 +506,7 @@ class Quota:
         self._remaining = None
         self._said = None
         self._assumed = False
+        self._others_seen.append(self._others)
         self._prev_others, self._others = self._others, 0
         self._end_lo, self._end_hi = start.hi, None
         self._guessed = False
