@@ -378,8 +378,12 @@ class Limiter:
             return
         pause = retry_after if retry_after is not None and retry_after > 0 else None
         opens = self.quota.next_open() if self.adaptive else None
-        if opens is not None and opens > now and (pause is None or self.quota.precise):
-            # The learned end: sooner than a rounded-up Retry-After, or all we have.
+        sure = opens is not None and opens == self.quota.sure_end
+        if opens is not None and opens > now and (pause is None or sure or self.quota.precise):
+            # The learned end: sooner than a rounded-up Retry-After, or all we have. A
+            # sure end (read, not guessed) is as sure as the Retry-After: "1" read 0.8 s
+            # into a window that ends by 0.2 s from now must not hold every worker for
+            # the first 0.8 s of the next window too.
             pause = opens - now if pause is None else min(pause, opens - now)
         if pause is None:
             pause = self._default_pause

@@ -229,6 +229,7 @@ class Quota:
         #: The first window's first report: (remaining, its request's seq).
         self._first_said: tuple[int, int] | None = None
         self._heard_after_first = False  # an answer to a request sent after it came
+        self._first_half_heard = 0
         self._adopted = 0  # ours, sent before the window opened as we knew it, counted in it
         self.rtt = 0.0
         #: The last answer was counted in a later window than the one its request
@@ -460,6 +461,12 @@ class Quota:
         if ticket.seq > self._ref_seq or self._ref_seq == self._open_seq:
             self._ref_seq = max(self._ref_seq, ticket.seq)
             self._ref_sent_at = max(self._ref_sent_at, ticket.sent_at)
+        first = self._first_said
+        if first is not None and ticket.seq > first[1] and not self._heard_after_first:
+            # An answer (or a refusal) to the first burst's half: once all of it is
+            # back, what the others spent meanwhile shows, and the rest may go.
+            self._first_half_heard += 1
+            self._heard_after_first = self._first_half_heard >= first[0] - first[0] // 2
         if self.limit is not None and not refused:
             if self.window > 0:
                 # Counted before this answer, less every request of ours sent in the
@@ -475,7 +482,6 @@ class Quota:
             else:
                 said, seq = self._first_said
                 self._others = max(self._others, said - remaining - (self._sent_seq - seq))
-                self._heard_after_first = self._heard_after_first or ticket.seq > seq
         del now
 
     def _ours(self) -> int:
