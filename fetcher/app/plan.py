@@ -28,6 +28,7 @@ check``) opens the client, starting the built-in simulator for
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import statistics
@@ -39,7 +40,7 @@ import anyio
 import structlog
 
 from fetcher.app.connect import ApiSession, Observed, open_api
-from fetcher.app.resolve import catch_up_from, job_identity, preflight, resolve_run
+from fetcher.app.resolve import preflight, resolve_run
 from fetcher.app.settings import ExportSettings, resolve_workspace_key
 from fetcher.errors import AuthError, ConfigError, ConnectError, FetcherError
 from fetcher.http.retry import RetryPolicy
@@ -380,15 +381,21 @@ async def make_job_plan(
     catch_up: CatchUp | None = None
     if settings.catch_up:
         # The export keeps one catch-up position for the whole job, under the
-        # identity of all its workspaces together: the plan reads the same one.
-        users_of: dict[str | None, list[str]] = {}
-        for w in workspaces:
-            users = listed[w.name]
-            if users is None:
-                async with open_api(settings.for_workspace(w), key=keys[w.name]) as api:
-                    users = [member.user_id for member in await api.client.team_members()]
-            users_of[w.name] = listed[w.name] = users
-        after = catch_up_from(settings, job_identity(settings, users_of))
+        # identity of all its workspaces together: the plan reads the same one,
+        # resolved as the export resolves it (each team list asked for once).
+        async with contextlib.AsyncExitStack() as stack:
+            clients: dict[str | None, Client] = {
+                w.name: (
+                    await stack.enter_async_context(
+                        open_api(settings.for_workspace(w), key=keys[w.name])
+                    )
+                ).client
+                for w in workspaces
+                if listed[w.name] is None
+            }
+            run = await resolve_run(settings, listed, clients=clients, now=now)
+        listed = dict(run.users_of)
+        after = run.after
 
         def catch_up(_identity: str) -> dt.datetime | None:
             return after

@@ -39,7 +39,6 @@ __all__ = [
     "ResolvedRun",
     "Scope",
     "catch_up_from",
-    "job_identity",
     "preflight",
     "resolve_run",
     "scopes_of",
@@ -140,11 +139,6 @@ async def resolve_run(
         spec for turn in itertools.zip_longest(*per_scope) for spec in turn if spec is not None
     ]
     return ResolvedRun(users_of, identity, after, specs)
-
-
-def job_identity(settings: ExportSettings, users_of: Mapping[str | None, list[str]]) -> str:
-    """The job's identity (its catch-up ledger's key) from every scope's users."""
-    return _identity(scopes_of(settings), users_of)
 
 
 def _identity(scopes: list[Scope], users_of: Mapping[str | None, list[str]]) -> str:
