@@ -223,7 +223,6 @@ class Quota:
         self.period: _Span | None = None  # the window's length
         self._confirmed = False  # an answer was counted in the current window
         self._others = 0
-        self._prev_others = 0
         #: What others spent in each of the last windows (see :meth:`budget`).
         self._others_seen: deque[int] = deque(maxlen=_OTHERS_MEMORY)
         #: The first window's first report: (remaining, its request's seq).
@@ -424,7 +423,8 @@ class Quota:
             self._others = max(self._others, self.limit - max(before, 0))
         elif refused and self._assumed and self.limit is not None:
             ours = self._sent_seq - self._open_seq
-            if ours < self.limit - self._prev_others:
+            last = self._others_seen[-1] if self._others_seen else 0
+            if ours < self.limit - last:
                 # Refused early in a window we opened expecting a full quota.
                 self.refills = False
         if not refused:
@@ -513,7 +513,7 @@ class Quota:
         self._said = None
         self._assumed = False
         self._others_seen.append(self._others)
-        self._prev_others, self._others = self._others, 0
+        self._others = 0
         self._end_lo, self._end_hi = start.hi, None
         self._guessed = False
         self._adopted = 0
