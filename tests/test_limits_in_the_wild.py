@@ -23,6 +23,12 @@ def make(clock: FakeClock, **options: object) -> Limiter:
     return Limiter(clock=clock, wall_clock=clock.wall, sleep=clock.sleep, **options)  # type: ignore[arg-type]
 
 
+async def sent(limiter: Limiter) -> Ticket:
+    """One request let go now (its answer handed back by the test)."""
+    async with limiter.slot() as ticket:
+        return ticket
+
+
 async def run(server: Throttler, n: int, *, latency_s: float = 0.15) -> tuple[float, int, Limiter]:
     clock = FakeClock()
     limiter = make(clock)
@@ -275,15 +281,12 @@ async def test_a_refusal_of_a_request_sent_in_an_ended_window_pauses_no_one() ->
     clock = FakeClock()
     limiter = make(clock, margin_s=0.0)
     one = {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "5", "x-ratelimit-reset": "1"}
-    async with limiter.slot() as old:
-        pass
+    old = await sent(limiter)
     limiter.observe(200, one, old)
     clock.now += 0.3
-    async with limiter.slot() as late:  # sent in the window the first answer told of
-        pass
+    late = await sent(limiter)  # sent in the window the first answer told of
     clock.now += 0.9
-    async with limiter.slot() as fresh:  # in a newer window: remaining rose
-        pass
+    fresh = await sent(limiter)  # in a newer window: remaining rose
     limiter.observe(200, {**one, "x-ratelimit-remaining": "9"}, fresh)
     assert late.window < limiter.quota.window
     limiter.refused(1.0, {**one, "x-ratelimit-remaining": "0"}, late)
@@ -295,12 +298,10 @@ async def test_a_refusal_pauses_to_the_sure_end_not_a_rounded_up_retry_after() -
     clock = FakeClock()
     limiter = make(clock, margin_s=0.0)
     one = {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}
-    async with limiter.slot() as first:
-        pass
+    first = await sent(limiter)
     limiter.observe(200, {**one, "x-ratelimit-remaining": "9"}, first)  # ends by 1000 + 1
     clock.now += 0.8
-    async with limiter.slot() as late:
-        pass
+    late = await sent(limiter)
     limiter.refused(1.0, one, late)
     until = limiter.waiting_until
     assert until is not None and until == pytest.approx(1001.0)

@@ -46,6 +46,14 @@ def write_config(path: Path, shared: str, *workspaces: str) -> Path:
     return path
 
 
+def env_key_tables(acme: RunningSimulator, globex: RunningSimulator) -> tuple[str, str]:
+    """The two workspace tables, keys in ACME_KEY and GLOBEX_KEY, each on its own server."""
+    return (
+        f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme.base_url}"',
+        f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex.base_url}"',
+    )
+
+
 SHARED = """
 start = "2024-01-01"
 end = "2024-01-02"
@@ -321,8 +329,7 @@ async def test_plan_gives_each_workspace_and_the_workers_the_job_can_use(tmp_pat
         config = write_config(
             tmp_path / "job.toml",
             SHARED + "all_users = true\n",
-            f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
-            f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+            *env_key_tables(acme_sim, globex_sim),
         )
         env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
         result = await run_fetcher(["plan", "--config", str(config), "--json"], env)
@@ -361,8 +368,7 @@ async def test_plan_catch_up_with_workspaces_starts_where_the_export_left_off(
                 tmp_path / "job.toml",
                 f'start = "2024-01-01"\nend = "{end}"\nslice = "day"\ntype = "prospect"\n'
                 f'all_users = true\ncatch_up = true\nout = "{out}"\nlog_level = "warning"\n',
-                f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
-                f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+                *env_key_tables(acme_sim, globex_sim),
             )
 
         env = {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
@@ -389,8 +395,7 @@ async def test_check_tries_every_workspace_with_its_own_key_and_url(tmp_path: Pa
         config = write_config(
             tmp_path / "job.toml",
             SHARED + "all_users = true\n",
-            f'name = "acme"\napi_key_env = "ACME_KEY"\nbase_url = "{acme_sim.base_url}"',
-            f'name = "globex"\napi_key_env = "GLOBEX_KEY"\nbase_url = "{globex_sim.base_url}"',
+            *env_key_tables(acme_sim, globex_sim),
         )
         good = await run_fetcher(
             ["check", "--config", str(config)], {"ACME_KEY": KEY_A, "GLOBEX_KEY": KEY_B}
