@@ -28,10 +28,7 @@ Example, a sink that counts records per user::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
+from fetcher.sinks._protocol import ResumableSink, Sink
 from fetcher.sinks.csv import CsvSink
 from fetcher.sinks.duckdb import DuckDBSink
 from fetcher.sinks.factory import make_sink
@@ -40,9 +37,6 @@ from fetcher.sinks.memory import MemorySink
 from fetcher.sinks.parquet import ParquetSink
 from fetcher.sinks.postgres import PostgresSink
 from fetcher.sinks.tee import TeeSink
-
-if TYPE_CHECKING:
-    from fetcher.models import Page
 
 __all__ = [
     "CsvSink",
@@ -56,49 +50,3 @@ __all__ = [
     "TeeSink",
     "make_sink",
 ]
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """The sink protocol: an async context manager that writes pages."""
-
-    async def __aenter__(self) -> Any:
-        """Open the output; raise here (before any request) if it cannot be written."""
-        ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        """Finalise the output on a clean exit; keep it, unfinalised, on an exception."""
-        ...
-
-    async def write(self, page: Page) -> None:
-        """Write one page. Called from one task at a time, in arrival order."""
-        ...
-
-
-@runtime_checkable
-class ResumableSink(Sink, Protocol):
-    """A sink whose output can be checkpointed and continued after a crash.
-
-    The runner calls :meth:`checkpoint` now and then and records the pages
-    written before it as done, with the token it returns. A later run of the
-    same export calls :meth:`resume_from` with that token before entering the
-    sink; the sink then discards anything written after the checkpoint (those
-    pages are fetched again) and appends after it.
-    """
-
-    async def checkpoint(self) -> dict[str, Any]:
-        """Make every page written so far durable; return a JSON-able token."""
-        ...
-
-    def resume_from(self, token: Mapping[str, Any]) -> None:
-        """Continue from ``token`` instead of starting afresh (before ``__aenter__``).
-
-        Raises:
-            SinkError: when the output cannot be continued; the run then starts over.
-        """
-        ...

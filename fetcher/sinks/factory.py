@@ -29,7 +29,7 @@ from fetcher.sinks.parquet import ParquetSink
 from fetcher.sinks.postgres import PostgresSink
 
 if TYPE_CHECKING:
-    from fetcher.sinks import Sink
+    from fetcher.sinks._protocol import Sink
 
 __all__ = ["EXTENSIONS", "SINK_KINDS", "make_sink", "sink_kind"]
 

@@ -26,7 +26,7 @@ from fetcher.errors import SinkError
 
 if TYPE_CHECKING:
     from fetcher.models import Page
-    from fetcher.sinks import Sink
+    from fetcher.sinks._protocol import Sink
 
 __all__ = ["TeeSink"]
 
