@@ -117,6 +117,15 @@ class ConfigError(FetcherError):
         return f"{self.field}: {self.message}" if self.field else self.message
 
 
+class ValueConfigError(ConfigError, ValueError):
+    """A value a library class refused (a rate, a retry policy): also a ``ValueError``.
+
+    ``Rate(0, 60)`` or ``RetryPolicy(attempts=0)`` raise it, so that every error a
+    library user can get derives from :class:`FetcherError`, while code (and
+    pydantic validators) that expect a ``ValueError`` keep working.
+    """
+
+
 class TransportError(FetcherError):
     """No usable HTTP response arrived."""
 
@@ -184,7 +193,15 @@ class AuthError(APIError):
 
 
 class RateLimitedError(APIError):
-    """Over the rate limit: a 429, or a 400 whose message says "Rate Limit"."""
+    """Over the rate limit: a 429, or a 400 whose message says "Rate Limit".
+
+    Attributes:
+        probe: the request was the limiter's probe of where the server's window
+            ends, sent with the window's quota spent: the limiter, not the
+            ``Retry-After``, says when the page goes again.
+    """
+
+    probe: bool = False
 
     @property
     def retryable(self) -> bool:  # noqa: D102

@@ -106,11 +106,11 @@ async def test_a_configured_rate_sends_a_window_of_it_at_once() -> None:
     assert refused == 0
 
 
-@pytest.mark.parametrize(("concurrency", "most_allowed"), [(None, 32), (16, 16)])
+@pytest.mark.parametrize(("concurrency", "most_allowed"), [(None, 40), (16, 16)])
 async def test_a_fast_server_window_raises_the_default_concurrency_only(
     concurrency: int | None, most_allowed: int
 ) -> None:
-    """Headers advertising 40 per 0.5 s: up to 32 in flight by default, 16 when 16 is asked.
+    """Headers advertising 40 per 0.5 s: up to the window's 40 in flight by default, 16 when asked.
 
     Four full windows: two window lengths are learnt by the third, which then
     goes out with more than 16 in flight.

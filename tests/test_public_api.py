@@ -1,3 +1,7 @@
+from collections.abc import Callable
+
+import pytest
+
 import fetcher
 
 
@@ -34,6 +38,25 @@ def test_errors_share_one_root() -> None:
         obj = getattr(fetcher, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, fetcher.FetcherError), name
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: fetcher.Rate(0, 60.0),
+        lambda: fetcher.Rate.parse("fast"),
+        lambda: fetcher.RetryPolicy(attempts=0),
+        lambda: fetcher.RetryPolicy(backoff_max_s=-1.0),
+        lambda: fetcher.QuerySpec(user_ids=[], start="2024-01-02", end="2024-01-01"),  # type: ignore[arg-type, call-arg]
+    ],
+)
+def test_the_front_doors_classes_refuse_bad_values_with_a_fetcher_error(
+    build: Callable[[], object],
+) -> None:
+    """Built with a bad value, a front-door class raises a FetcherError that is a ValueError too."""
+    with pytest.raises(fetcher.FetcherError) as caught:
+        build()
+    assert isinstance(caught.value, ValueError)
 
 
 #: The front door, pinned: a name added or removed is an API change, made here on purpose.

@@ -135,6 +135,7 @@ async def drive(
     workers: int = 64,
     foreign_until: float | None = None,
     first_alone: bool = False,
+    first: int = 1,
 ) -> Outcome:
     """Fetch ``n`` pages through ``limiter`` from ``workers`` tasks, each retried until admitted.
 
@@ -144,8 +145,8 @@ async def drive(
     started = clock()
     done_at: list[float] = []
     # first_alone: page 1 alone (it says how many there are), then the rest, as
-    # fetcher's paginator does.
-    queue = list(range(1 if first_alone else n))
+    # fetcher's paginator does; ``first`` queries: page 1 of each at once.
+    queue = list(range(first if first_alone else n))
     refused = 0
 
     async def worker() -> None:
@@ -167,15 +168,17 @@ async def drive(
                     done_at.append(clock())
                     break
                 refused += 1
-                if server.retry_after:
+                if server.retry_after and not ticket.probe:  # as the client's retry waits
                     await clock.sleep(max(1, math.ceil(reset_in)))
 
     async with anyio.create_task_group() as tg:
         if foreign_until is not None:
             tg.start_soon(server.foreign, clock, foreign_until)
         if first_alone:
-            await worker()
-            queue.extend(range(n - 1))
+            async with anyio.create_task_group() as firsts:
+                for _ in range(first):
+                    firsts.start_soon(worker)
+            queue.extend(range(n - first))
         async with anyio.create_task_group() as workers_tg:
             for _ in range(min(workers, n)):
                 workers_tg.start_soon(worker)

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from fetcher.app.settings import ExportSettings, resolve_api_key
 from fetcher.errors import ConfigError
+from fetcher.http.defaults import max_auto_in_flight
 from fetcher.http.limiter import header_int, parse_reset
 from fetcher.http.retry import RetryPolicy
 from fetcher.http.transport import AiohttpTransport, Request, Response, Transport
@@ -152,6 +153,7 @@ async def open_api(
         sender = AiohttpTransport.for_client(
             timeout=settings.timeout,
             concurrency=limit,
+            max_in_flight=max_auto_in_flight(limit) if auto else None,
             max_body_bytes=settings.max_body_bytes,
             ca_bundle=settings.ca_bundle,
         )

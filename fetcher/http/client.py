@@ -46,6 +46,7 @@ from fetcher.http.defaults import (
     TEAM_MEMBERS_PATH,
     TEAM_STATS_PATH,
     default_concurrency,
+    max_auto_in_flight,
 )
 from fetcher.http.limiter import Limiter, Rate
 from fetcher.http.retry import RetryPolicy, parse_retry_after
@@ -108,8 +109,8 @@ class PageClient:
         base_url: the API's base URL; the simulator's for tests and demos.
         concurrency: pages fetched at once per run (and requests in flight);
             by default :func:`default_concurrency` of ``rate_limit``, which the
-            limiter may raise up to twice over when the server's rate-limit
-            headers advertise a window that allows more in one second.
+            limiter may raise (see :func:`max_auto_in_flight`) when the server's
+            rate-limit headers advertise a window that allows more in one second.
         rate_limit: a ceiling such as ``"30/min"``; the limiter also follows
             the server's rate-limit headers and refusals.
         timeout: seconds for one request.
@@ -155,8 +156,7 @@ class PageClient:
             except ValueError as exc:
                 raise ConfigError(str(exc), field="rate_limit") from None
         # Not fixed by the caller (a configured rate fixes it too): the limiter may
-        # raise it as far as the workers and connections go (twice this), when the
-        # server's window allows.
+        # raise it when the server's window allows (see max_auto_in_flight).
         auto = concurrency is None and rate_limit is None
         if concurrency is None:
             concurrency = default_concurrency(rate_limit)
@@ -175,7 +175,7 @@ class PageClient:
         self.limiter = limiter or Limiter(
             rate=rate_limit,
             max_in_flight=concurrency,
-            max_auto_in_flight=2 * concurrency if auto else None,
+            max_auto_in_flight=max_auto_in_flight(concurrency) if auto else None,
             max_pause_s=self.retry.max_retry_after_s,
             shared=shared,
         )
@@ -183,6 +183,7 @@ class PageClient:
         self._transport: Transport = transport or AiohttpTransport.for_client(
             timeout=timeout,
             concurrency=concurrency,
+            max_in_flight=self.limiter.max_auto_in_flight,
             max_body_bytes=max_body_bytes,
             ca_bundle=ca_bundle,
         )
@@ -191,6 +192,11 @@ class PageClient:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, concurrency={self.concurrency})"
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most in flight: ``concurrency``, or what the server's window raises it to."""
+        return self.limiter.max_auto_in_flight
 
     async def __aenter__(self) -> Self:
         if self.limiter.shared is not None:
@@ -294,7 +300,9 @@ class PageClient:
         timeouts = 0
 
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
-            log.warning(
+            # A probe of the window's end refused is the limiter's own doing.
+            probe = isinstance(exc, RateLimitedError) and exc.probe
+            (log.debug if probe else log.warning)(
                 "page.retry",
                 query=ref.query,
                 page=ref.page,
@@ -350,6 +358,7 @@ class PageClient:
                 self.check_response(response, ref)
             except RateLimitedError as exc:
                 self.limiter.refused(exc.retry_after, response.headers, ticket)
+                exc.probe = ticket.probe
                 raise
             except FetcherError:
                 self.limiter.observe(response.status, response.headers, ticket)

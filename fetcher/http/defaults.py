@@ -21,6 +21,7 @@ __all__ = [
     "TEAM_MEMBERS_PATH",
     "TEAM_STATS_PATH",
     "default_concurrency",
+    "max_auto_in_flight",
 ]
 
 DEFAULT_BASE_URL: Final = defaults.BASE_URL
@@ -47,3 +48,17 @@ def default_concurrency(rate: Rate | None) -> int:
     if rate is None:
         return DEFAULT_CONCURRENCY
     return min(max(one_second_of(*rate.window), DEFAULT_CONCURRENCY), MAX_DEFAULT_CONCURRENCY)
+
+
+def max_auto_in_flight(concurrency: int) -> int:
+    """The most requests in flight a client nobody fixed may be raised to.
+
+    When no concurrency and no rate are given, the limiter starts at
+    ``concurrency`` and raises it once the server's headers show a window that
+    allows more in one second, as far as a configured rate's default would go
+    (:data:`MAX_DEFAULT_CONCURRENCY`): 40 a second then go at once, the first
+    window's included. Held at 32, the last 6 of a 40-request window waited a
+    round trip, and in the run's first window (page 1 already took one) that
+    pushed them into the next window and the run a whole window longer.
+    """
+    return max(2 * concurrency, MAX_DEFAULT_CONCURRENCY)

@@ -31,7 +31,12 @@ What is learned, and how:
   window it would be lower) was counted in a newer window: a window began
   between the two requests' sends. Those moments, not the coarse resets, say
   where windows really end.
-- **The window's length**, from the starts of windows in a row.
+- **The window's length**, from the starts of windows in a row; or, from a
+  reset in whole seconds read less than a second after a window began, that
+  reset itself (such servers count in whole seconds), until a measured start
+  disagrees. The length carries a window's start over to the next; where
+  windows begin at their first request, an assumed length moves only the
+  earliest end, never the sure one.
 - **Other clients**: requests the server counted that were not ours show up
   as a smaller ``remaining`` (or as a refusal with budget left by our count);
   :attr:`Quota.shared` says so (the limiter then spreads its sends over the
@@ -40,6 +45,13 @@ What is learned, and how:
   process that opens its windows later than ours shows only after ours went.
   The run's first burst is halved until an answer says whether anyone else is
   there (two processes started together would both take the whole window).
+
+- **Probes**: the limiter's probe of a window's end (:attr:`Ticket.probe`),
+  refused, says only that the window had not ended when it was sent.
+- **A window that may have ended unseen**: two answers with the same
+  ``remaining``, the later one's request counted after the earlier's, say it
+  was counted in a newer window that no jump showed; the window after opens
+  with one request rather than a whole quota.
 
 The class is pure bookkeeping: no clock of its own, no sleeping, no I/O; the
 :class:`~fetcher.http.limiter.Limiter` drives it and the tests feed it by hand.
@@ -70,6 +82,10 @@ PRECISION_S: Final = 0.03
 
 #: Windows the others' spending is remembered for (see :meth:`Quota.budget`).
 _OTHERS_MEMORY: Final = 3
+
+#: How much shorter than its whole-second reset a window is taken to be able to be:
+#: the clocks' and the server's jitter (see :meth:`Quota._assume_whole_seconds`).
+_ASSUMED_SLACK_S: Final = 0.002
 
 #: Reset values below this are "seconds from now"; above, epoch seconds.
 _EPOCH_THRESHOLD: Final = 1_000_000_000
@@ -145,6 +161,8 @@ class Ticket:
             that window when it was sent (``None``: nothing reported yet).
         shared_window: the window of the budget shared with other processes
             it was granted in (0: none; see :mod:`fetcher.http.shared`).
+        probe: sent after the window's quota was spent, to find where the window
+            ends: refused, it says only that the window had not ended yet.
     """
 
     seq: int
@@ -152,6 +170,7 @@ class Ticket:
     window: int = 0
     said_remaining: int | None = None
     shared_window: int = 0
+    probe: bool = False
 
 
 def latest_end(ticket: Ticket, now: float, reset: ResetReading) -> float:
@@ -220,7 +239,7 @@ class Quota:
         self._prev_start: _Span | None = None
         self._end_lo = -math.inf
         self._end_hi: float | None = None
-        self.period: _Span | None = None  # the window's length
+        self._period: _Span | None = None  # the window's length (see period)
         self._confirmed = False  # an answer was counted in the current window
         self._others = 0
         #: What others spent in each of the last windows (see :meth:`budget`).
@@ -267,12 +286,7 @@ class Quota:
             # (servers that count on answer say `remaining` without what is in flight).
             left = min(left, self.limit - max(self._others, self._kept_back()) - self._ours())
         first = self._first_said
-        if (
-            self.keep_back
-            and self.window == 0
-            and first is not None
-            and not self._heard_after_first
-        ):
+        if self.halving and first is not None:
             # The run's first window, and nothing says yet whether another client
             # spends the key: half of what the first answer left goes at once, the
             # rest once an answer to it says. Two processes started together would
@@ -280,6 +294,46 @@ class Quota:
             said, seq = first
             left = min(left, said - said // 2 - (self._sent_seq - seq))
         return left
+
+    @property
+    def period(self) -> _Span | None:
+        """The window's length, ``(lo, hi]``: measured, or assumed from whole-second resets.
+
+        An assumed length is set aside while another client spends the key: windows
+        opened to the millisecond by it collide with the other's openings (on the
+        fake clock, a foreign client's key gave 0.91 of what it left, against 1.00).
+        """
+        if self._period_assumed and self.shared:
+            return None
+        return self._period
+
+    @period.setter
+    def period(self, value: _Span | None) -> None:
+        self._period = value
+
+    @property
+    def alone_at_first(self) -> bool:
+        """The run's first answer left all the rest of the window to us: nobody spent it before.
+
+        ``remaining`` plus our requests sent up to that one is the whole limit.
+        """
+        first = self._first_said
+        return first is not None and self.limit is not None and sum(first) >= self.limit
+
+    @property
+    def period_assumed(self) -> bool:
+        """The window's length is assumed from whole-second resets, not measured."""
+        return self._period_assumed
+
+    @property
+    def halving(self) -> bool:
+        """The run's first burst is halved: nothing says yet whether another client is there."""
+        return (
+            self.keep_back
+            and self.window == 0
+            and self._first_said is not None
+            and not self._heard_after_first
+        )
 
     def _kept_back(self) -> int:
         """What is left to the others in this window before they spend it.
@@ -322,20 +376,29 @@ class Quota:
         slowly) the quota is left unknown until an answer says.
         """
         assert self._end_hi is not None
+        # Two answers said the same `remaining`, the later request's counted after
+        # the earlier's: it was counted in a newer window, which no jump showed
+        # (page 1 of two queries on either side of the server's boundary, both
+        # "39 left"). The window thought to end now is one that already had, and
+        # a whole quota sent at its "end" would be refused whole: one request goes
+        # first, and its answer says what is left.
+        sure = not self._suspect or self.precise or not self.keep_back
         start = _Span(self._end_lo, self._end_hi)
         if start.lo == -math.inf:
             start.lo = start.hi - (self.period.hi if self.period else 1.0)
         self._begin(start, open_seq=self._sent_seq)
-        if self.refills and self.limit is not None:
+        if self.refills and self.limit is not None and sure:
             self._remaining, self._assumed = self.limit, True
         else:
             self._remaining = None
         self._ref_seq = self._sent_seq
-        if self._end_hi is None and self._longest_reset > 0:
+        if self._end_hi is None and (self.period is not None or self._longest_reset > 0):
             # No length learned yet: a window is at least as long as the longest
-            # time-to-reset seen. Only a guess, until the next reset read says:
-            # too early an end is refused and taught; too late would waste a window.
-            self._end_hi = start.hi + self._longest_reset
+            # time-to-reset seen (or the length assumed from whole-second resets).
+            # Only a guess, until the next reset read says: too early an end is
+            # refused and taught; too late would waste a window.
+            length = self.period.hi if self.period is not None else self._longest_reset
+            self._end_hi = max(start.hi + length, self._end_lo)
             self._guessed = True
         del now
 
@@ -407,6 +470,11 @@ class Quota:
     ) -> None:
         """An answer to a request sent in the current window, and counted in it."""
         self._end_lo = max(self._end_lo, ticket.sent_at)
+        if refused and ticket.probe:
+            # A probe of the window's end, refused: the window had not ended when it
+            # was sent. That is all it says (it was sent with the quota spent).
+            self._narrow(span)
+            return
         if refused and not self._confirmed and self._narrowed_by(span):
             # Refused by the window we thought had ended: we opened this one
             # too early. It is no window start to learn the length from.
@@ -434,6 +502,9 @@ class Quota:
         self._narrow(span)
 
     _guessed = False  # the current end is a guess, not a reading
+    _period_assumed = False  # the period is the whole-second assumption (_assume_whole_seconds)
+    _suspect = False  # this window may have ended unseen (see roll)
+    _said_seq = 0  # the request whose answer said the lowest remaining (_said)
     _early = 0  # windows in a row we opened too early
     _longest_reset = 0.0
 
@@ -441,11 +512,48 @@ class Quota:
         if reset is None:
             return None
         self._longest_reset = max(self._longest_reset, reset.seconds - reset.granularity)
+        start = self._start
+        if (
+            reset.granularity == 1.0
+            and not reset.absolute
+            and start is not None
+            and ticket.sent_at - start.lo < 1.0
+        ):
+            # Read less than a second after the window began: "r" is its length.
+            self._assume_whole_seconds(round(reset.seconds))
         end = latest_end(ticket, now, reset)
         if reset.absolute:
             # The server's moment; it decided up to a round trip after the send.
             return _Span(end - (now - ticket.sent_at) - reset.granularity, end)
         return _Span(end - reset.granularity, end)
+
+    def _assume_whole_seconds(self, seconds: int) -> None:
+        """Take the window to be as long as the longest whole-second reset, until shown otherwise.
+
+        A reset of whole seconds rounded up never says more than that the window
+        ends within the second, and window starts measured from jumps in
+        ``remaining`` are as wide as the gaps between sends, so the length they
+        give is known to a second or worse. But such servers count in whole
+        seconds (NestJS's ``ttl``, Express's ``windowMs``: a second, a minute),
+        and a window read less than a second after it began says its whole
+        length: ``ceil(length - elapsed)`` is the length itself when the length is
+        whole and ``elapsed < 1``.
+        Taken as exact, the length carries each window's start, as narrowed by
+        jumps and probes, over to the next, so windows open on time instead of as
+        late as the run's first request fell in its own. A window that is longer
+        (1.5 s read as "2" is taken as 2: late, never early) costs time; shorter
+        shows as a window start that disagrees, and the measured length replaces
+        the assumption (see :meth:`_learn_period`).
+        """
+        if not self.keep_back:
+            return  # a budget shared through Redis keeps its own windows (shared.py)
+        if seconds < 1 or (self._period is not None and not self._period_assumed):
+            return
+        if self._period_assumed and self._period is not None and self._period.hi >= seconds:
+            return
+        self.period = _Span(seconds - _ASSUMED_SLACK_S, float(seconds))
+        self._period_assumed = True
+        self._project()
 
     def _narrowed_by(self, span: _Span | None) -> bool:
         """Whether ``span`` puts the window's end before the current interval (an old window)."""
@@ -456,7 +564,16 @@ class Quota:
     ) -> None:
         if self._remaining is None or self._assumed or remaining <= self._remaining:
             self._remaining = remaining
-        self._said = remaining if self._said is None else min(self._said, remaining)
+        if (
+            not refused
+            and remaining > 0
+            and self._said is not None
+            and remaining >= self._said
+            and ticket.seq > self._said_seq
+        ):
+            self._suspect = True  # see roll
+        if self._said is None or remaining < self._said:
+            self._said, self._said_seq = remaining, ticket.seq
         self._assumed = False
         if ticket.seq > self._ref_seq or self._ref_seq == self._open_seq:
             self._ref_seq = max(self._ref_seq, ticket.seq)
@@ -511,6 +628,8 @@ class Quota:
         self._open_seq = open_seq
         self._remaining = None
         self._said = None
+        self._said_seq = 0
+        self._suspect = False
         self._assumed = False
         self._others_seen.append(self._others)
         self._others = 0
@@ -539,11 +658,26 @@ class Quota:
             self.period = sample
             return
         lo, hi = max(self.period.lo, sample.lo), min(self.period.hi, sample.hi)
-        # Disagreeing samples (a skipped window, a changed limit): start again from this one.
-        self.period = _Span(lo, hi) if lo <= hi else sample
+        # Disagreeing samples (a skipped window, a changed limit, a wrong assumption):
+        # start again from this one.
+        if lo > hi:
+            self.period, self._period_assumed = sample, False
+        else:
+            self.period = _Span(lo, hi)
 
     def _project(self) -> None:
         if self._start is None or self.period is None:
+            return
+        if self._period_assumed:
+            # An assumed length only moves the earliest end: the latest stays what
+            # readings say. Where a window begins at its first request (NestJS), it
+            # began when ours *arrived*, after the start we know of, so the start's
+            # upper bound plus the length is no sure end (6 of 20 refused, measured).
+            lo = self._start.lo + self.period.lo
+            if self._end_hi is None or self._guessed or lo <= self._end_hi:
+                self._end_lo = max(self._end_lo, lo)
+                if self._guessed and self._end_hi is not None:
+                    self._end_hi = max(self._end_hi, lo)
             return
         self._narrow(_Span(self._start.lo + self.period.lo, self._start.hi + self.period.hi))
 

@@ -42,7 +42,7 @@ import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from fetcher import defaults
-from fetcher.errors import FetcherError
+from fetcher.errors import FetcherError, RateLimitedError, ValueConfigError
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
 
@@ -105,10 +105,10 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
+            raise ValueConfigError("must be at least 1", field="attempts")
         for name in ("deadline_s", "backoff_base_s", "backoff_max_s", "max_retry_after_s"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+                raise ValueConfigError("must not be negative", field=name)
 
     @staticmethod
     def should_retry(exc: BaseException) -> bool:
@@ -132,9 +132,12 @@ class RetryPolicy:
     def wait(self, retry: int, exc: BaseException | None, rng: random.Random) -> float:
         """Seconds to wait before the ``retry``-th retry after ``exc``.
 
-        A positive ``retry_after`` on the error wins (capped); otherwise the
-        jittered backoff.
+        A refused probe of the server's window goes again at once (the limiter
+        holds it until the window opens); a positive ``retry_after`` on the error
+        wins (capped); otherwise the jittered backoff.
         """
+        if isinstance(exc, RateLimitedError) and exc.probe:
+            return 0.0
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float) and retry_after > 0:
             return min(float(retry_after), self.max_retry_after_s)

@@ -176,17 +176,20 @@ class AiohttpTransport:
         *,
         timeout: float,
         concurrency: int,
+        max_in_flight: int | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AiohttpTransport:
         """The transport a client with ``concurrency`` requests in flight uses by default.
 
         The pool holds twice as many connections as requests in flight, as the
-        runner has twice as many workers (see :mod:`fetcher.run.pool`).
+        runner has twice as many workers (see :mod:`fetcher.run.pool`), and at
+        least ``max_in_flight``, the most the limiter may raise the requests in
+        flight to.
         """
         return cls(
             timeout=timeout,
-            max_connections=max(concurrency, 1) * 2,
+            max_connections=max(max(concurrency, 1) * 2, max_in_flight or 0),
             max_body_bytes=max_body_bytes,
             ssl_context=tls_context(ca_bundle),
         )

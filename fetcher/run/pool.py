@@ -290,7 +290,11 @@ class Paginator:
         resume = resume or {}
         self.client = client
         self.concurrency = concurrency or client.concurrency
-        self.workers = 2 * self.concurrency
+        # Twice the requests in flight (a page waiting out a backoff holds a worker),
+        # and at least as many as the limiter may let go at once.
+        self.workers = (
+            2 * self.concurrency if concurrency else max(2 * self.concurrency, client.max_in_flight)
+        )
         plans = [
             QueryPlan.resuming(spec, resume.get(spec.key), max_pages=max_pages) for spec in queries
         ]

@@ -56,6 +56,11 @@ class PageSource(Protocol):
         ...
 
     @property
+    def max_in_flight(self) -> int:
+        """The most requests in flight the limiter may raise ``concurrency`` to."""
+        ...
+
+    @property
     def shape(self) -> ResponseShape:
         """Where the records are and which field holds the user id."""
         ...
@@ -123,6 +128,7 @@ class WorkspaceClients:
         first = next(iter(self.clients.values()))
         self.shape: ResponseShape = first.shape
         self.concurrency = sum(client.concurrency for client in self.clients.values())
+        self.max_in_flight = sum(client.max_in_flight for client in self.clients.values())
         self.limiter = _Limiters(self.clients)
 
     def __repr__(self) -> str:
