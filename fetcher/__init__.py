@@ -15,12 +15,16 @@ its module::
 The package, top to bottom (an import only points down; ``lint-imports`` checks
 it, see ``[tool.importlinter]`` in ``pyproject.toml``)::
 
-    app/        settings, the commands (export, plan, check, demo), progress, logs, cli
-    run/        paging plan (one row per user), worker pool and export(), checkpoint, Client
+    integrations/  fetcher inside other tools: the dlt source
+    app/        settings, the commands (export, plan, check, demo, enqueue, worker,
+                status), progress, logs, cli
+    distributed/  units, the PostgreSQL ledger, the Dramatiq broker, one unit's run
+    run/        paging plan (one row per user), worker pool and export(), checkpoint,
+                Client, one client per workspace (router)
     http/       page client, transport, limiter (+ quota, shared), retry, timeouts
-    sinks/      the Sink protocol, one module per sink
+    sinks/      the Sink protocols, one module per sink
     models.py   Page and the response's shape;  spec.py: QuerySpec;  dates.py;  files.py
-    errors.py   FetcherError and its tree
+    errors.py   FetcherError and its tree;  defaults.py: every default
     simulator/  the API's stand-in: imports nothing of the above
 
 Names are loaded on first use (PEP 562), so ``import fetcher`` and the

@@ -423,7 +423,7 @@ def test_two_answers_with_the_same_remaining_open_the_next_window_with_one_reque
 
 
 async def test_a_refused_probe_pauses_no_one_and_is_nobody_elses() -> None:
-    """The quota spent, one probe goes three quarters through the span the window ends in.
+    """The quota spent, one probe goes halfway through the span the window ends in.
 
     Refused, it says the window had not ended: it pauses no one (every worker
     waits for the window's end anyway) and counts no other client.
@@ -449,7 +449,7 @@ async def test_a_refused_probe_pauses_no_one_and_is_nobody_elses() -> None:
         with anyio.fail_after(5.0):
             probe = await sent(limiter)  # the quota spent: only the probe goes
     assert probe.probe
-    assert probe.sent_at == pytest.approx(lo + 0.75 * (hi - lo))  # three quarters in
+    assert probe.sent_at == pytest.approx((lo + hi) / 2)  # halfway (no probe refused yet)
     limiter.refused(1.0, says(0), probe)
     assert not limiter.quota.shared
     assert limiter.quota.end[0] == pytest.approx(probe.sent_at)  # it had not ended then
