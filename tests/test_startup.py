@@ -75,7 +75,7 @@ def test_a_usage_error_loads_no_http_stack_sink_or_display(tmp_path: Path) -> No
     """A bad option is reported (exit 2) before aiohttp, a sink or the progress display loads."""
     code, modules = loaded("export", "--page-size", "0", "--out", "x.jsonl", cwd=tmp_path)
     assert code == 2
-    assert not roots(modules) & set(HEAVY)
+    assert not roots(modules) & {*HEAVY, "rich"}
     assert "fetcher.app.progress" not in modules
     assert not {m for m in modules if m.startswith(("fetcher.sinks", "fetcher.run"))}
 
@@ -116,3 +116,49 @@ def test_without_dlt_the_integration_says_which_extra_to_install() -> None:
     said = python_says(probe)
     assert said.startswith("dlt | ")
     assert "pip install 'fetcher[dlt]'" in said
+
+
+def test_the_cli_loads_structlog_without_rich_and_leaves_rich_importable(tmp_path: Path) -> None:
+    """The CLI's structlog skips rich's tracebacks (it renders plain ones); rich still imports."""
+    probe = (
+        "import sys\n"
+        "from fetcher.app.cli import main\n"
+        "code = main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "import structlog.dev, rich.console\n"
+        "print(code, 'rich' in sys.modules, structlog.dev.rich is None, rich.console.Console)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.split()[:3] == ["2", "True", "True"]
+    assert "rich.console.Console" in result.stdout
+
+
+def test_debug_still_shows_a_traceback_without_rich(tmp_path: Path) -> None:
+    """With structlog loaded plain, ``--debug`` still prints the traceback of a failure."""
+    probe = (
+        "import sys\n"
+        "from fetcher.app import cli\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('boom')\n"
+        "cli._main = boom\n"
+        "sys.exit(cli.main(['export', '--out', 'x.jsonl', '--debug']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: boom" in result.stderr
