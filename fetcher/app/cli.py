@@ -418,12 +418,14 @@ async def run_export(
     import structlog  # noqa: PLC0415  (see the imports)
 
     from fetcher.app.job import run_job  # noqa: PLC0415
-    from fetcher.app.report import write_report  # noqa: PLC0415
 
     log = structlog.get_logger("fetcher.app.cli")
     outcome = await run_job(settings, fresh=fresh, watch=watch, key=key)
     summary, error = outcome.summary, outcome.error
     if settings.report is not None:
+        # Loaded after the run, not before its first request: its models take a few ms.
+        from fetcher.app.report import write_report  # noqa: PLC0415
+
         write_report(settings.report, summary, **outcome.details)
     log.info(
         "run.finished",
