@@ -162,3 +162,32 @@ def test_debug_still_shows_a_traceback_without_rich(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "RuntimeError: boom" in result.stderr
+
+
+def test_the_collector_pauses_while_a_command_loads_and_is_left_as_found(tmp_path: Path) -> None:
+    """No GC while a command loads; on (start-up frozen) while it runs; as found after main()."""
+    probe = (
+        "import gc, sys\n"
+        "from fetcher.app import cli\n"
+        "seen = []\n"
+        "async def export(*args, **kwargs):\n"
+        "    loaded = 'fetcher.run.pool' in sys.modules\n"
+        "    seen.append([gc.isenabled(), gc.get_freeze_count() > 0, loaded])\n"
+        "    return cli.ExitCode.OK\n"
+        "cli.run_export = export\n"
+        "code = cli.main(['export', '--out', 'x.jsonl'])\n"
+        "print(int(code), seen, gc.isenabled(), gc.get_freeze_count())\n"
+        "gc.disable()\n"
+        "code = cli.main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "print(int(code), gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.splitlines() == ["0 [[True, True, True]] True 0", "2 False 0"]
