@@ -46,6 +46,19 @@ def python_says(code: str) -> str:
     return result.stdout
 
 
+def cli_probe(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter running ``code`` in ``cwd``, no settings from the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
 def roots(modules: set[str]) -> set[str]:
     return {name.split(".")[0] for name in modules}
 
@@ -127,15 +140,7 @@ def test_the_cli_loads_structlog_without_rich_and_leaves_rich_importable(tmp_pat
         "import structlog.dev, rich.console\n"
         "print(code, 'rich' in sys.modules, structlog.dev.rich is None, rich.console.Console)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = cli_probe(probe, tmp_path)
     assert result.stdout.split()[:3] == ["2", "True", "True"]
     assert "rich.console.Console" in result.stdout
 
@@ -150,15 +155,7 @@ def test_debug_still_shows_a_traceback_without_rich(tmp_path: Path) -> None:
         "cli._main = boom\n"
         "sys.exit(cli.main(['export', '--out', 'x.jsonl', '--debug']))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = cli_probe(probe, tmp_path)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "RuntimeError: boom" in result.stderr
@@ -181,13 +178,18 @@ def test_the_collector_pauses_while_a_command_loads_and_is_left_as_found(tmp_pat
         "code = cli.main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
         "print(int(code), gc.isenabled(), gc.get_freeze_count())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = cli_probe(probe, tmp_path)
     assert result.stdout.splitlines() == ["0 [[True, True, True]] True 0", "2 False 0"]
+
+
+def test_main_leaves_a_callers_frozen_objects_frozen(tmp_path: Path) -> None:
+    """A caller that froze objects itself (a pre-forking server) finds them frozen after main()."""
+    probe = (
+        "import gc\n"
+        "from fetcher.app import cli\n"
+        "gc.freeze()\n"
+        "before = gc.get_freeze_count()\n"
+        "cli.main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "print(before > 0, gc.get_freeze_count() > 0, gc.isenabled())\n"
+    )
+    assert cli_probe(probe, tmp_path).stdout.split() == ["True", "True", "True"]

@@ -667,15 +667,17 @@ def _collector_paused() -> Iterator[None]:
     Loading a command builds some 50,000 long-lived objects (modules, classes,
     functions, pydantic schemas), and the collector walks them over and over as
     they arrive: 130 collections, about 40 ms of an export's start (an eighth),
-    with nothing to free. Afterwards the collector's state is as the caller had
-    it, and nothing stays frozen (tests call :func:`main` in one process).
+    with nothing to free. Afterwards the collector is on or off as the caller had
+    it, and what the command froze is unfrozen (tests call :func:`main` in one
+    process), unless the caller had frozen objects of its own.
     """
-    enabled = gc.isenabled()
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
     gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
         if enabled:
             gc.enable()
 
@@ -729,13 +731,12 @@ def _import_structlog_plain() -> None:
     """Import structlog without the traceback prettifiers it would load for nothing.
 
     ``import structlog`` imports rich (when installed) for its tracebacks: about
-    45 ms, an eighth of the time to an export's first request. The CLI renders
-    tracebacks with ``structlog.dev.plain_traceback`` (see
-    :func:`fetcher.app.logs.configure_logging`), so rich is hidden while structlog
-    loads: structlog then takes it as absent, as it does when rich is not
-    installed. Only the CLI does this (it owns the process) and only when nothing
-    has imported structlog or rich yet; the progress display imports rich itself
-    when it shows.
+    20 ms of an export's start. The CLI renders tracebacks with
+    ``structlog.dev.plain_traceback`` (see :func:`fetcher.app.logs.configure_logging`),
+    so rich is hidden while structlog loads: structlog then takes it as absent,
+    as it does when rich is not installed. Only the CLI does this (it owns the
+    process) and only when nothing has imported structlog or rich yet; the
+    progress display imports rich itself when it shows.
     """
     if "structlog" in sys.modules or any(name in sys.modules for name in _TRACEBACK_PRETTIFIERS):
         return
