@@ -1,6 +1,6 @@
 """Start-up: what a process pays before it does anything, this tree against another.
 
-    python -m benchmarks.bench_startup [--fetcher-root PATH] [--runs N]
+    python -m benchmarks.bench_startup [--fetcher-root PATH] [--runs N] [--no-bytecode-cache]
 
 For each tree (this one, and the one at ``--fetcher-root``, e.g. a worktree of
 an older commit), the median of ``--runs`` fresh processes of:
@@ -13,11 +13,19 @@ an older commit), the median of ``--runs`` fresh processes of:
 
 Target (issue 15): ``--help`` and start-to-first-request at most a third of
 the other tree's. Both trees run against this tree's simulator.
+
+The processes run with their bytecode cached (``PYTHONPYCACHEPREFIX``, a
+temporary directory, written by each figure's warm-up run), as an installed
+fetcher runs: an environment with ``PYTHONDONTWRITEBYTECODE=1`` (a container, a
+CI runner) would otherwise compile every module of fetcher from source on every
+start, about 50 ms here, and measure the compiler rather than the start-up.
+``--no-bytecode-cache`` measures that way instead: the environment as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -42,7 +50,7 @@ def _timed(argv: Sequence[str], env: dict[str, str], cwd: str) -> float:
     return time.perf_counter() - started
 
 
-def _to_first_request(tree: FetcherUnderTest, base_url: str, stats: Any, cwd: str) -> float:
+def _to_first_request(env: dict[str, str], base_url: str, stats: Any, cwd: str) -> float:
     stats.reset()
     out = Path(cwd) / "one.jsonl"
     out.unlink(missing_ok=True)
@@ -55,7 +63,7 @@ def _to_first_request(tree: FetcherUnderTest, base_url: str, stats: Any, cwd: st
     spawned = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "fetcher", *args],
-        env=tree.env(),
+        env=env,
         cwd=cwd,
         capture_output=True,
         check=True,
@@ -65,9 +73,20 @@ def _to_first_request(tree: FetcherUnderTest, base_url: str, stats: Any, cwd: st
     return float(first) - spawned
 
 
-def measure_tree(tree: FetcherUnderTest, runs: int, sim: Any) -> dict[str, float]:
-    """Median seconds of each start-up figure for one tree."""
+def _environment(tree: FetcherUnderTest, pycache: str | None) -> dict[str, str]:
+    """The tree's environment; with ``pycache``, bytecode written there and read back."""
     env = tree.env()
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    return env
+
+
+def measure_tree(
+    tree: FetcherUnderTest, runs: int, sim: Any, *, pycache: str | None = None
+) -> dict[str, float]:
+    """Median seconds of each start-up figure for one tree (bytecode cached in ``pycache``)."""
+    env = _environment(tree, pycache)
     with tempfile.TemporaryDirectory() as cwd:  # never the repository root (see FetcherUnderTest)
         fetcher = [sys.executable, "-m", "fetcher"]
         return {
@@ -77,7 +96,7 @@ def measure_tree(tree: FetcherUnderTest, runs: int, sim: Any) -> dict[str, float
                 runs, lambda: _timed([sys.executable, "-c", "import fetcher"], env, cwd)
             ),
             "to_first_request_s": _median_s(
-                runs, lambda: _to_first_request(tree, sim.base_url, sim, cwd)
+                runs, lambda: _to_first_request(env, sim.base_url, sim, cwd)
             ),
         }
 
@@ -87,14 +106,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fetcher-root", type=Path, help="the other tree (an older worktree)")
     parser.add_argument("--runs", type=int, default=7, help="processes per figure (median)")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run with the environment's bytecode setting (PYTHONDONTWRITEBYTECODE compiles "
+        "every start)",
+    )
     args = parser.parse_args(argv)
     trees = {"this tree": FetcherUnderTest()}
     if args.fetcher_root is not None:
         trees["other tree"] = FetcherUnderTest(args.fetcher_root.resolve())
     for tree in trees.values():
         tree.package()  # refuse a tree whose processes would import another fetcher
-    with simulator(team_size=5) as sim:
-        results = {name: measure_tree(tree, args.runs, sim) for name, tree in trees.items()}
+    with simulator(team_size=5) as sim, tempfile.TemporaryDirectory() as pycache:
+        cache = None if args.no_bytecode_cache else pycache
+        results = {
+            name: measure_tree(tree, args.runs, sim, pycache=cache) for name, tree in trees.items()
+        }
     names = list(results)
     rows = []
     for figure in ("help_s", "plan_help_s", "import_s", "to_first_request_s"):
@@ -104,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(row)
     header = ["figure (median s)", *names, *(["this / other"] if len(names) == 2 else [])]
     print_table("start-up", header, rows)
-    emit_json("startup", {"runs": args.runs, "results": results})
+    bytecode = "as the environment says" if args.no_bytecode_cache else "cached"
+    dont_write = os.environ.get("PYTHONDONTWRITEBYTECODE")
+    print(f"bytecode: {bytecode} (here PYTHONDONTWRITEBYTECODE={dont_write})")
+    emit_json("startup", {"runs": args.runs, "bytecode": bytecode, "results": results})
 
 
 if __name__ == "__main__":

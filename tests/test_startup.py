@@ -46,6 +46,19 @@ def python_says(code: str) -> str:
     return result.stdout
 
 
+def cli_probe(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter running ``code`` in ``cwd``, no settings from the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
 def roots(modules: set[str]) -> set[str]:
     return {name.split(".")[0] for name in modules}
 
@@ -75,7 +88,7 @@ def test_a_usage_error_loads_no_http_stack_sink_or_display(tmp_path: Path) -> No
     """A bad option is reported (exit 2) before aiohttp, a sink or the progress display loads."""
     code, modules = loaded("export", "--page-size", "0", "--out", "x.jsonl", cwd=tmp_path)
     assert code == 2
-    assert not roots(modules) & set(HEAVY)
+    assert not roots(modules) & {*HEAVY, "rich"}
     assert "fetcher.app.progress" not in modules
     assert not {m for m in modules if m.startswith(("fetcher.sinks", "fetcher.run"))}
 
@@ -116,3 +129,67 @@ def test_without_dlt_the_integration_says_which_extra_to_install() -> None:
     said = python_says(probe)
     assert said.startswith("dlt | ")
     assert "pip install 'fetcher[dlt]'" in said
+
+
+def test_the_cli_loads_structlog_without_rich_and_leaves_rich_importable(tmp_path: Path) -> None:
+    """The CLI's structlog skips rich's tracebacks (it renders plain ones); rich still imports."""
+    probe = (
+        "import sys\n"
+        "from fetcher.app.cli import main\n"
+        "code = main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "import structlog.dev, rich.console\n"
+        "print(code, 'rich' in sys.modules, structlog.dev.rich is None, rich.console.Console)\n"
+    )
+    result = cli_probe(probe, tmp_path)
+    assert result.stdout.split()[:3] == ["2", "True", "True"]
+    assert "rich.console.Console" in result.stdout
+
+
+def test_debug_still_shows_a_traceback_without_rich(tmp_path: Path) -> None:
+    """With structlog loaded plain, ``--debug`` still prints the traceback of a failure."""
+    probe = (
+        "import sys\n"
+        "from fetcher.app import cli\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('boom')\n"
+        "cli._main = boom\n"
+        "sys.exit(cli.main(['export', '--out', 'x.jsonl', '--debug']))\n"
+    )
+    result = cli_probe(probe, tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: boom" in result.stderr
+
+
+def test_the_collector_pauses_while_a_command_loads_and_is_left_as_found(tmp_path: Path) -> None:
+    """No GC while a command loads; on (start-up frozen) while it runs; as found after main()."""
+    probe = (
+        "import gc, sys\n"
+        "from fetcher.app import cli\n"
+        "seen = []\n"
+        "async def export(*args, **kwargs):\n"
+        "    loaded = 'fetcher.run.pool' in sys.modules\n"
+        "    seen.append([gc.isenabled(), gc.get_freeze_count() > 0, loaded])\n"
+        "    return cli.ExitCode.OK\n"
+        "cli.run_export = export\n"
+        "code = cli.main(['export', '--out', 'x.jsonl'])\n"
+        "print(int(code), seen, gc.isenabled(), gc.get_freeze_count())\n"
+        "gc.disable()\n"
+        "code = cli.main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "print(int(code), gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    result = cli_probe(probe, tmp_path)
+    assert result.stdout.splitlines() == ["0 [[True, True, True]] True 0", "2 False 0"]
+
+
+def test_main_leaves_a_callers_frozen_objects_frozen(tmp_path: Path) -> None:
+    """A caller that froze objects itself (a pre-forking server) finds them frozen after main()."""
+    probe = (
+        "import gc\n"
+        "from fetcher.app import cli\n"
+        "gc.freeze()\n"
+        "before = gc.get_freeze_count()\n"
+        "cli.main(['export', '--page-size', '0', '--out', 'x.jsonl'])\n"
+        "print(before > 0, gc.get_freeze_count() > 0, gc.isenabled())\n"
+    )
+    assert cli_probe(probe, tmp_path).stdout.split() == ["True", "True", "True"]
