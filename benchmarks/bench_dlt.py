@@ -21,7 +21,12 @@ the same key columns, so dlt's normalize and load cost the same for both.
      server_args`), 150 ms latency. Target: team_stats_source's extract at least
      0.85 of the limit: the ideal (:func:`benchmarks._limits.ideal_s`, from the
      moment ``pipeline.extract`` was called, 200 pages, the two page 1s first) over
-     the extract time. The probe is not in the ideal: it is a cost fetcher pays.
+     the extract time. The issue asks for a refused key to be found before any
+     team-stats page is asked for, so team_stats_source probes the key (the team
+     member list) first: the ideal has that one round trip before the page 1s, as
+     it has page 1's before the rest. The share against an ideal without it is
+     reported beside it: the two differ most when a run starts late in a window,
+     where the probe's round trip pushes the first burst into the next window.
 
 Each figure comes from a process of its own (``python -m benchmarks.bench_dlt``,
 the child role), which builds a fresh pipeline and times either ``pipeline.extract``
@@ -286,14 +291,19 @@ def limit_bound(limits: Limits, tmp: Path) -> dict[str, Any]:
         done = steps(Stage.of(sim, tmp))
         windows = windows_of(sim.stats())
 
-    def utilisation(step: Step) -> float:
-        ideal = ideal_s(
-            windows, start=step.started_at, pages=pages, first=queries, quota=limits.limit,
-            latency_s=limits.latency_ms / 1000,
+    latency = limits.latency_ms / 1000
+
+    def utilisation(step: Step, *, probe: bool) -> float:
+        # With the probe: the page 1s go one round trip after the call, when its answer is in.
+        lead = latency if probe and step.which == "fetcher" else 0.0
+        ideal = lead + ideal_s(
+            windows, start=step.started_at + lead, pages=pages, first=queries,
+            quota=limits.limit, latency_s=latency,
         )  # fmt: skip
         return ideal / step.seconds
 
-    share = {key: utilisation(step) for key, step in done.items()}
+    share = {key: utilisation(step, probe=True) for key, step in done.items()}
+    probe_free = {key: utilisation(step, probe=False) for key, step in done.items()}
     extract = ratio(done["rest", "extract"].seconds, done["fetcher", "extract"].seconds)
     run = ratio(done["rest", "run"].seconds, done["fetcher", "run"].seconds)
     complete = all(step.complete for step in done.values())
@@ -302,7 +312,7 @@ def limit_bound(limits: Limits, tmp: Path) -> dict[str, Any]:
         [
             f"pipeline.{mode}", f"{done['fetcher', mode].seconds:.2f}",
             f"{done['rest', mode].seconds:.2f}", f"{share['fetcher', mode]:.2f}",
-            f"{share['rest', mode]:.2f}", f"{value:.1f}x",
+            f"{probe_free['fetcher', mode]:.2f}", f"{share['rest', mode]:.2f}", f"{value:.1f}x",
             done["fetcher", mode].refused,
             f">= {UTILISATION_TARGET:g} {verdict(ok)}" if mode == "extract" else "(reported)",
         ]
@@ -312,12 +322,15 @@ def limit_bound(limits: Limits, tmp: Path) -> dict[str, Any]:
         f"(k2) dlt, limit-bound: {pages} pages, {limits.rate} aligned windows (phase "
         f"{windows.phase_s:g} s), whole-second resets, {limits.latency_ms:g} ms latency; "
         f"rows complete: {complete}",
-        ["step", "team_stats_source s", "RESTClient s", "of the limit", "(RESTClient)",
-         "speed-up", "429s", "target"],
+        ["step", "team_stats_source s", "RESTClient s", "of the limit",
+         "(ideal without the probe)", "(RESTClient)", "speed-up", "429s", "target"],
         rows,
     )  # fmt: skip
     return {
         "of_the_limit": {f"{NAMES[w]} {m}": round(value, 3) for (w, m), value in share.items()},
+        "of_the_limit_without_the_probe": {
+            f"{NAMES[w]} {m}": round(value, 3) for (w, m), value in probe_free.items()
+        },
         "extract_speedup": round(extract, 2),
         "run_speedup": round(run, 2),
         "complete": complete,

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--string-counts", action="store_true", help="send counts as strings")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="compute every member's figures before serving (first pages in their latency)",
+    )
     parser.add_argument("--max-page-size", type=int, default=1000)
     parser.add_argument("--rate-limit", type=int, default=None, help="requests per window per key")
     parser.add_argument(
@@ -166,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         rate_limit_status=args.rate_limit_status,
         reset_format=args.reset_format,
         foreign_share=args.foreign_share,
+        warm=args.warm,
         fault_rate=args.fault_rate,
         fault_kinds=tuple(kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()),
         stall_s=args.stall_s,

@@ -141,6 +141,8 @@ class _Simulator:
             drop_fields=config.drop_fields,
             extra_fields=config.extra_fields,
         )
+        if config.warm:
+            self.engine.warm(member.user_id for member in self.team)
         # Requests served per query, the clock of the drift switch.
         self._query_ticks: Counter[str] = Counter()
         self.closing = asyncio.Event()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -185,6 +185,13 @@ class ReportEngine:
             _, dropped = self._results.popitem(last=False)
             self._cached_rows -= dropped.cached_rows
         return result
+
+    def warm(self, user_ids: Iterable[str]) -> None:
+        """Compute the figures' plans of ``user_ids`` for every type and ``countBy`` now."""
+        for user_id in user_ids:
+            for report_type in _ORDER:
+                for count_by in ("absolute", "relative"):
+                    self._plan(user_id, report_type, count_by)
 
     def _plan(self, user_id: str, report_type: str, count_by: str) -> tuple[_Step, ...]:
         key = (user_id, report_type, count_by)
