@@ -8,6 +8,8 @@ resets, the window learned, refusals, another client on the key.
 
 from __future__ import annotations
 
+import dataclasses
+
 import anyio
 import pytest
 
@@ -455,3 +457,28 @@ async def test_a_refused_probe_pauses_no_one_and_is_nobody_elses() -> None:
     assert limiter.quota.end[0] == pytest.approx(probe.sent_at)  # it had not ended then
     until = limiter.waiting_until  # held for the window's end, not the Retry-After
     assert until is not None and until == pytest.approx(1002.0)
+
+
+def test_a_key_probe_is_not_the_runs_first_answer() -> None:
+    """The team member list asked first (a key probe): page 1's answer starts the first burst.
+
+    Taken as the run's lone first request, the probe's answer halved the burst
+    after page 1 until every answer to its first half was back, a round trip
+    more: the dlt source, which probes the key before any page, lost the first
+    window's quota to the next window (0.76 of the limit).
+    """
+    one = read_reset("1", now_wall=0.0)
+
+    def after_page_1(*, probe_is_a_page: bool) -> Quota:
+        quota = Quota()
+        probe = quota.sent(0.0)
+        if not probe_is_a_page:
+            probe = dataclasses.replace(probe, page=False)
+        quota.observe(probe, now=0.15, remaining=39, limit=40, reset=one)
+        first, second = quota.sent(0.16), quota.sent(0.16)
+        quota.observe(first, now=0.31, remaining=37, limit=40, reset=one)
+        del second
+        return quota
+
+    assert after_page_1(probe_is_a_page=True).halving  # the old reading: a halved burst
+    assert not after_page_1(probe_is_a_page=False).halving

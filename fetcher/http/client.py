@@ -344,13 +344,18 @@ class PageClient:
         response = await self._send(request, ref)
         return parse_page(response.content, query=spec, number=number, shape=self.shape)
 
-    async def _send(self, request: Request, ref: PageRef) -> Response:
+    async def _send(self, request: Request, ref: PageRef, *, page: bool = True) -> Response:
         """One request through the limiter; what it says feeds the limiter and timeouts.
+
+        Args:
+            request: what to send.
+            ref: the page it is for, for errors and logs.
+            page: a team-stats page (``False``: the team member list, a key probe).
 
         Raises:
             FetcherError: the status's error class (see :meth:`check_response`).
         """
-        async with self.limiter.slot() as ticket:
+        async with self.limiter.slot(page=page) as ticket:
             sent = time.monotonic()
             response = await self._transport.send(request)
             self.timeouts.observe(time.monotonic() - sent)
@@ -385,7 +390,7 @@ class PageClient:
         assert ref is not None
         async for attempt in self.retry.retrying(rng=self._rng):
             with attempt:
-                response = await self._send(request, ref)
+                response = await self._send(request, ref, page=False)
                 members, problems = parse_team_members(response.content)
         if problems:
             log.warning(

@@ -327,8 +327,13 @@ class Limiter:
         return max(configured, self._pace())
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Ticket]:
+    async def slot(self, *, page: bool = True) -> AsyncIterator[Ticket]:
         """Wait for a turn to send one request; hold an in-flight slot while inside.
+
+        Args:
+            page: the request is for a page (``False``: a list or a key probe,
+                whose answer does not start the run's first burst; see
+                :attr:`~fetcher.http.quota.Ticket.page`).
 
         Yields:
             The request's :class:`~fetcher.http.quota.Ticket`; hand it back to
@@ -337,6 +342,8 @@ class Limiter:
         async with self._slots:
             await self._wait_turn()
             ticket = self.quota.sent(self._clock())
+            if not page:
+                ticket = dataclasses.replace(ticket, page=False)
             if self._probe_due:
                 self._probe_due, self._probe_at = False, None
                 ticket = dataclasses.replace(ticket, probe=True)

@@ -163,6 +163,9 @@ class Ticket:
             it was granted in (0: none; see :mod:`fetcher.http.shared`).
         probe: sent after the window's quota was spent, to find where the window
             ends: refused, it says only that the window had not ended yet.
+        page: a page of the run (``False``: the team member list, a key probe,
+            sent before any page: its answer is not the run's first, whose
+            remaining halves the first burst; the page 1s after it are).
     """
 
     seq: int
@@ -171,6 +174,7 @@ class Ticket:
     said_remaining: int | None = None
     shared_window: int = 0
     probe: bool = False
+    page: bool = True
 
 
 def latest_end(ticket: Ticket, now: float, reset: ResetReading) -> float:
@@ -590,12 +594,13 @@ class Quota:
                 # window by now: the rest were someone else's.
                 self._others = max(self._others, self.limit - remaining - self._ours())
             elif self._first_said is None:
-                # The first window may have been spent before the run: only what
-                # others spend after our first answer in it is theirs.
-                self._first_said = (remaining, ticket.seq)
-                # The run's lone first request (a paginator's page 1): what follows
-                # is its first burst (see budget). With others of ours out, no.
-                self._heard_after_first = ticket.seq != self._sent_seq
+                if ticket.page:  # a key probe's answer is not the run's first
+                    # The first window may have been spent before the run: only what
+                    # others spend after our first answer in it is theirs.
+                    self._first_said = (remaining, ticket.seq)
+                    # The run's lone first request (a paginator's page 1): what follows
+                    # is its first burst (see budget). With others of ours out, no.
+                    self._heard_after_first = ticket.seq != self._sent_seq
             else:
                 said, seq = self._first_said
                 self._others = max(self._others, said - remaining - (self._sent_seq - seq))
