@@ -24,7 +24,8 @@ what it saw with :meth:`Limiter.observe`. Five things decide a turn:
    against it), minus each request it lets go. At zero, every worker waits
    for the reset; at the reset the budget is ``x-ratelimit-limit`` again.
    While the window's end is known to worse than 60 ms, one probe goes
-   three quarters through the span it may end in (see :meth:`Limiter._probe_time`).
+   halfway through the span it may end in, three quarters after a refused
+   one (see :meth:`Limiter._probe_time`).
 4. **The configured rate** (``--rate-limit 30/min``), as a sliding window: at
    most 30 requests in *any* 60 seconds. Any fixed window the server counts
    in lies inside one such span, so the server never sees more than 30 in a
