@@ -24,15 +24,7 @@ HEAVY = ("aiohttp", "duckdb", "pyarrow", "asyncpg", "redis", "filelock", "dlt", 
 
 
 def loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=cwd,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = cli_probe(PROBE, cwd, *argv)
     last = result.stdout.strip().splitlines()[-1]
     data = json.loads(last)
     return data["code"], set(data["modules"])
@@ -46,10 +38,10 @@ def python_says(code: str) -> str:
     return result.stdout
 
 
-def cli_probe(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter running ``code`` in ``cwd``, no settings from the environment."""
+def cli_probe(code: str, cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter running ``code`` (with ``argv``) in ``cwd``, no settings from the env."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *argv],
         capture_output=True,
         text=True,
         timeout=60,
