@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from fetcher.http.limiter import Limiter
-from fetcher.http.quota import Quota, Ticket, read_reset
+from fetcher.http.quota import Quota, Ticket, _Span, read_reset
 from tests.fakes import FakeClock
 from tests.throttler import Outcome, Throttler, drive
 
@@ -482,3 +482,22 @@ def test_a_key_probe_is_not_the_runs_first_answer() -> None:
 
     assert after_page_1(probe_is_a_page=True).halving  # the old reading: a halved burst
     assert not after_page_1(probe_is_a_page=False).halving
+
+
+def test_a_length_measured_while_the_assumed_one_is_set_aside_is_a_measured_one() -> None:
+    """Another client on the key sets the assumed length aside; one measured then is kept.
+
+    It was stored still marked as assumed, so the period stayed hidden while the
+    key was shared, and afterwards moved only the earliest end, as an assumed one.
+    """
+    quota = Quota()
+    quota._assume_whole_seconds(2)  # the state under test, set by hand
+    quota._others = 3  # another client seen in this window
+    assert quota.period is None  # the assumption, set aside
+    quota._prev_start, quota._start = _Span(0.0, 0.1), _Span(1.9, 2.0)
+    quota._confirmed = True
+    quota._learn_period()
+    assert not quota.period_assumed
+    assert quota.period is not None and (quota.period.lo, quota.period.hi) == pytest.approx(
+        (1.8, 2.0)
+    )

@@ -659,8 +659,8 @@ class Quota:
             # Shorter than a time-to-reset seen: no window, but `remaining`
             # rising as a sliding window frees slots. Nothing to learn.
             return
-        if self.period is None:
-            self.period = sample
+        if self.period is None:  # none yet, or an assumed one set aside (see period)
+            self.period, self._period_assumed = sample, False
             return
         lo, hi = max(self.period.lo, sample.lo), min(self.period.hi, sample.hi)
         # Disagreeing samples (a skipped window, a changed limit, a wrong assumption):
