@@ -237,3 +237,101 @@ async def test_an_export_of_one_page_leaves_the_limit_it_learned_for_the_others(
         finally:
             await redis.aclose()
     assert limit == b"7"
+
+
+async def test_a_report_is_counted_once_when_turns_overlap() -> None:
+    """Many workers ask at once: the report they carry is sent with one call only.
+
+    Every waiting worker's call read the same report before any had come back,
+    so a refund was applied once per call: 16 more requests were let into a
+    window the server had already filled (16 refused in one run of
+    test_two_clients_on_one_key_share_one_window).
+    """
+    window, clock = await _window("once"), anyio.current_time
+    try:
+        grants = [await window.take(limit=4, fallback_s=5.0, now=clock()) for _ in range(4)]
+        # Two were counted in the server's next window; nobody had charged them there.
+        window.saw(grants[0].window, remaining=0, ends_at=clock() + 0.2)
+        window.saw(grants[0].window, remaining=3, ends_at=None, later=True)
+        window.saw(grants[0].window, remaining=2, ends_at=None, later=True)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(lambda: window.take(limit=4, fallback_s=5.0, now=clock()))
+        await anyio.sleep(0.25)
+        after = [await window.take(limit=4, fallback_s=5.0, now=clock()) for _ in range(3)]
+        assert [g.granted for g in after] == [True, True, False]  # 4 - 2, not 4 - 16
+    finally:
+        await window.aclose()
+
+
+async def _charged_twice(window: SharedWindow, clock: Any) -> tuple[list[Any], float]:
+    """A probe whose reset reads "1", then 3 grants charged to the window after it too."""
+    probe = await window.take(limit=None, fallback_s=1.0, now=clock())
+    t0 = clock()
+    window.saw(probe.window, remaining=3, ends_at=t0 + 0.3, ends_after=t0 - 0.7)
+    late = [await window.take(limit=4, fallback_s=1.0, now=clock()) for _ in range(3)]
+    assert all(g.granted and g.charged_next and g.window == probe.window for g in late)
+    return late, t0
+
+
+async def test_a_request_charged_to_the_next_window_and_counted_there_is_charged_once() -> None:
+    """Granted near the end, counted in the next window: one charge there, not two."""
+    window, clock = await _window("twice-later"), anyio.current_time
+    try:
+        late, t0 = await _charged_twice(window, clock)
+        for g, left in zip(late, (3, 2, 1), strict=True):  # counted by the server's next window
+            window.saw(g.window, remaining=left, ends_at=None, later=True, charged_next=True)
+        await window.take(limit=4, fallback_s=1.0, now=clock())  # carries the report
+        await anyio.sleep(t0 + 0.35 - clock())
+        after = [await window.take(limit=4, fallback_s=1.0, now=clock()) for _ in range(2)]
+        assert [g.granted for g in after] == [True, False]  # 4 - 3, not 4 - 6
+    finally:
+        await window.aclose()
+
+
+async def test_a_request_charged_to_the_next_window_but_counted_in_its_own_is_given_back() -> None:
+    """Granted near the end but counted in its own window (its remaining says so): given back.
+
+    A late start: the first answer's reset of "1" says the window ends within a
+    second, so every request after it is charged to the next window too. Their
+    answers show the server counted them in this one; without the refund the
+    next window opened with most of its quota spent (19 of 20 in (h)).
+    """
+    window, clock = await _window("refund"), anyio.current_time
+    try:
+        late, t0 = await _charged_twice(window, clock)
+        assert late[0].said_remaining == 3  # what the probe's answer said, for the next
+        for g, left in zip(late, (2, 1, 0), strict=True):
+            window.saw(
+                g.window, remaining=left, ends_at=t0 + 0.3, charged_next=True, surely_here=True
+            )
+        await anyio.sleep(t0 + 0.35 - clock())
+        after = [await window.take(limit=4, fallback_s=1.0, now=clock()) for _ in range(5)]
+        assert [g.granted for g in after] == [True] * 4 + [False]
+    finally:
+        await window.aclose()
+
+
+async def test_answers_counted_in_the_next_window_tell_its_end_and_budget() -> None:
+    """The next window's end comes from the answers counted in it, not from a guessed length.
+
+    Its quota was spent by requests granted in the window before (nothing of its
+    own went to report its end): it used to end one assumed length after it
+    began, inside the server's window, and the next quota went into a full window.
+    """
+    window, clock = await _window("next-end"), anyio.current_time
+    try:
+        grants = [await window.take(limit=3, fallback_s=0.2, now=clock()) for _ in range(3)]
+        t0 = clock()
+        window.saw(grants[0].window, remaining=2, ends_at=t0 + 0.1)
+        for left in (2, 1, 0):  # all three counted by the server's next window
+            window.saw(grants[0].window, remaining=left, ends_at=t0 + 0.6, later=True)
+        await window.take(limit=3, fallback_s=0.2, now=clock())  # carries the report
+        await anyio.sleep(t0 + 0.45 - clock())  # past the fallback length: still spent
+        held = await window.take(limit=3, fallback_s=0.2, now=clock())
+        assert not held.granted and held.window == grants[0].window + 1
+        assert 0.1 < held.wait_s <= 0.16  # until the end its answers told
+        await anyio.sleep(held.wait_s + 0.02)
+        assert (await window.take(limit=3, fallback_s=0.2, now=clock())).granted
+    finally:
+        await window.aclose()

@@ -270,6 +270,8 @@ class Limiter:
         self._sleep = sleep
         self.shared = shared
         self._granted_window = 0  # the shared window the last turn was granted in
+        self._granted_twice = False  # ... and whether it was charged to the next one too
+        self._granted_said: int | None = None  # ... and what had been said of that window
         # Our window number -> the shared window its first request was granted in.
         self._shared_at_open: dict[int, int] = {}
         self._answered = False
@@ -351,7 +353,12 @@ class Limiter:
                 self._probe_out = ticket
                 self.stats.probes += 1
             if self._granted_window:
-                ticket = dataclasses.replace(ticket, shared_window=self._granted_window)
+                ticket = dataclasses.replace(
+                    ticket,
+                    shared_window=self._granted_window,
+                    shared_twice=self._granted_twice,
+                    shared_said=self._granted_said,
+                )
                 self._shared_at_open.setdefault(ticket.window, self._granted_window)
             self._in_flight += 1
             self.stats.requests += 1
@@ -515,6 +522,10 @@ class Limiter:
                 # window was ours too when our window began (else ours was behind).
                 later=self.quota.counted_later
                 and self._shared_at_open.get(ticket.window) == ticket.shared_window,
+                charged_next=ticket.shared_twice,
+                surely_here=not refused
+                and not self.quota.counted_later
+                and _below(remaining, ticket.said_remaining, ticket.shared_said),
             )
             for old in [w for w in self._shared_at_open if w < self.quota.window - 2]:
                 del self._shared_at_open[old]
@@ -718,7 +729,8 @@ class Limiter:
         grant = await self.shared.take(
             limit=self._shared_limit(), fallback_s=period, now=now, rtt_s=quota.rtt
         )
-        self._granted_window = grant.window
+        self._granted_window, self._granted_twice = grant.window, grant.charged_next
+        self._granted_said = grant.said_remaining
         return 0.0 if grant.granted else max(grant.wait_s, 0.001)
 
     def _shared_limit(self) -> int | None:
@@ -746,3 +758,14 @@ class Limiter:
             await self._sleep(min(delay, _RECHECK_S))
         else:
             await self._sleep(delay)  # nothing is out: no answer can change the plan
+
+
+def _below(remaining: int | None, said: int | None, shared_said: int | None) -> bool:
+    """An answer's ``remaining`` is below what was said of its window before it went.
+
+    Then the server counted it in that window: a new window's count starts again
+    from the limit. What this process had heard (``said``) comes first; for its
+    first request, what the shared budget had heard from the others.
+    """
+    before = said if said is not None else shared_said
+    return remaining is not None and before is not None and remaining < before

@@ -161,6 +161,10 @@ class Ticket:
             that window when it was sent (``None``: nothing reported yet).
         shared_window: the window of the budget shared with other processes
             it was granted in (0: none; see :mod:`fetcher.http.shared`).
+        shared_twice: the shared budget charged it to its next window too
+            (:attr:`~fetcher.http.shared.Grant.charged_next`).
+        shared_said: the lowest ``remaining`` any process on the shared budget
+            had reported of its window when it was granted.
         probe: sent after the window's quota was spent, to find where the window
             ends: refused, it says only that the window had not ended yet.
         page: a page of the run (``False``: the team member list, a key probe,
@@ -173,6 +177,8 @@ class Ticket:
     window: int = 0
     said_remaining: int | None = None
     shared_window: int = 0
+    shared_twice: bool = False
+    shared_said: int | None = None
     probe: bool = False
     page: bool = True
 

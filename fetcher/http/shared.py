@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Grant", "SharedWindow", "shared_key"]
 
 _log = structlog.get_logger("fetcher.http.shared")
+
+_N = TypeVar("_N", int, float)
 
 #: How long the shared state outlives the last process that touched it.
 _TTL_MS: Final = 3_600_000
@@ -70,12 +72,22 @@ _TTL_MS: Final = 3_600_000
 #     in whole seconds: the end is anywhere in the next second): it is charged to
 #     the next window too. The burst at a window's opening, granted before any
 #     answer, is not.
-# Returns {granted 0/1, seconds to wait before asking again, the window number}.
+#  15 1 if answers the server counted in a later window (see 12) give that window's
+#     sure end, 0 if not; 16 seconds from now to it.  17 1 if they give its earliest
+#     end, 0 if not; 18 seconds from now to it.  19 the lowest remaining they said
+#     (-1: none). They describe the window after the reported one: its end and its
+#     budget once it opens, so that it need not be guessed (no request of its own
+#     may go to tell them: the requests counted there may have spent it).
+#  20 requests of the reported window charged to the next one too (see 11, 13) that
+#     the server counted in the reported one: the next one gets them back.
+# Returns {granted 0/1, seconds to wait before asking again, the window number,
+#   1 if the grant was charged to the next window too, the lowest remaining said of the
+#   window before it (-1: none)}.
 _TAKE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local h = redis.call('HMGET', KEYS[1], 'pause', 'end', 'used', 'limit', 'win', 'start', 'probe',
-  'next', 'lo')
+  'next', 'lo', 'rem', 'nend', 'nlo', 'nrem')
 local pause = tonumber(h[1]) or 0
 local wend = tonumber(h[2])
 local used = tonumber(h[3]) or 0
@@ -85,32 +97,54 @@ local start = tonumber(h[6]) or now
 local probe = tonumber(h[7]) or 0
 local nxt = tonumber(h[8]) or 0
 local lo = tonumber(h[9])
+local rem = tonumber(h[10])  -- the lowest remaining said of the current window
+-- What answers counted in the next window said of it (see ARGV 15-19).
+local nend = tonumber(h[11])
+local nlo = tonumber(h[12])
+local nrem = tonumber(h[13])
 local fallback = tonumber(ARGV[6])
 if tonumber(ARGV[1]) ~= 0 then limit = tonumber(ARGV[1]) end
+local function lower(a, b) if a == nil or b < a then return b end return a end
+local function higher(a, b) if a == nil or b > a then return b end return a end
+-- What the server said of a window, as a floor under what it has used.
+local function floor_of(r) if r ~= nil and limit > 0 then return limit - r end return 0 end
+local later_end, later_lo, later_rem = nil, nil, nil
+if ARGV[15] == '1' then later_end = now + tonumber(ARGV[16]) end
+if ARGV[17] == '1' then later_lo = now + tonumber(ARGV[18]) end
+if tonumber(ARGV[19]) >= 0 then later_rem = tonumber(ARGV[19]) end
+local refund = tonumber(ARGV[20])
 if win > 0 and tonumber(ARGV[2]) == win then
-  if ARGV[3] == '1' then
-    local e = now + tonumber(ARGV[4])
-    if wend == nil or e < wend then wend = e end
-  end
-  if ARGV[13] == '1' then
-    local l = now + tonumber(ARGV[14])
-    if lo == nil or l > lo then lo = l end
-  end
+  if ARGV[3] == '1' then wend = lower(wend, now + tonumber(ARGV[4])) end
+  if ARGV[13] == '1' then lo = higher(lo, now + tonumber(ARGV[14])) end
   local seen = tonumber(ARGV[5])
-  if seen >= 0 and limit > 0 and limit - seen > used then used = limit - seen end
-  nxt = nxt + tonumber(ARGV[12])
+  if seen >= 0 then rem = lower(rem, seen) end
+  used = math.max(used, floor_of(rem))
+  nxt = math.max(nxt + tonumber(ARGV[12]) - refund, 0)
+  if later_end ~= nil then nend = lower(nend, later_end) end
+  if later_lo ~= nil then nlo = higher(nlo, later_lo) end
+  if later_rem ~= nil then nrem = lower(nrem, later_rem) end
 elseif win > 1 and tonumber(ARGV[2]) == win - 1 then
-  used = used + tonumber(ARGV[12])
+  -- About the window before this one: what it says of its next is about this one.
+  if later_end ~= nil then wend = lower(wend, later_end) end
+  if later_lo ~= nil then lo = higher(lo, later_lo) end
+  if later_rem ~= nil then rem = lower(rem, later_rem) end
+  used = math.max(used + tonumber(ARGV[12]) - refund, floor_of(rem), 0)
 end
 local ask = tonumber(ARGV[7])
 if ask > 0 and now + ask > pause then pause = now + ask end
+local function put(field, value)
+  if value == nil then redis.call('HDEL', KEYS[1], field)
+  else redis.call('HSET', KEYS[1], field, tostring(value)) end
+end
 local function save()
   redis.call('HSET', KEYS[1], 'pause', tostring(pause), 'used', used, 'limit', limit,
     'win', win, 'start', tostring(start), 'probe', tostring(probe), 'next', nxt)
-  if wend == nil then redis.call('HDEL', KEYS[1], 'end')
-  else redis.call('HSET', KEYS[1], 'end', tostring(wend)) end
-  if lo == nil then redis.call('HDEL', KEYS[1], 'lo')
-  else redis.call('HSET', KEYS[1], 'lo', tostring(lo)) end
+  put('end', wend)
+  put('lo', lo)
+  put('rem', rem)
+  put('nend', nend)
+  put('nlo', nlo)
+  put('nrem', nrem)
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
 end
 -- A window ends at its sure end, or, when no one said where that is and its
@@ -119,24 +153,24 @@ if win == 0 or (wend ~= nil and now >= wend)
    or (wend == nil and limit > 0 and used >= limit and now >= start + fallback) then
   win = win + 1
   if wend ~= nil and win > 1 then start = wend else start = now end
-  wend = nil
-  lo = nil
-  used = nxt
+  wend, lo, rem = nend, nlo, nrem
+  nend, nlo, nrem = nil, nil, nil
+  used = math.max(nxt, floor_of(rem))
   nxt = 0
 end
 if ARGV[9] ~= '1' then
   save()
-  return {0, '0', win}
+  return {0, '0', win, 0}
 end
 if now < pause then
   save()
-  return {0, tostring(pause - now), win}
+  return {0, tostring(pause - now), win, 0}
 end
 if limit == 0 then
   -- Nothing answered yet: one request goes to learn the limit, the others wait for it.
   if now < probe then
     save()
-    return {0, tostring(math.min(probe - now, 0.05)), win}
+    return {0, tostring(math.min(probe - now, 0.05)), win, 0}
   end
   probe = now + tonumber(ARGV[8])
 elseif limit > 0 and used >= limit then
@@ -144,15 +178,17 @@ elseif limit > 0 and used >= limit then
   if wend ~= nil then wait = wend - now
   else wait = math.max(math.min(start + fallback - now, 0.05), 0.001) end
   save()
-  return {0, tostring(wait), win}
+  return {0, tostring(wait), win, 0}
 end
 used = used + 1
 local rtt = tonumber(ARGV[11])
+local twice = 0
 if (wend ~= nil and now + rtt >= wend) or (lo ~= nil and now + rtt >= lo) then
   nxt = nxt + 1
+  twice = 1
 end
 save()
-return {1, '0', win}
+return {1, '0', win, twice, rem or -1}
 """
 
 
@@ -172,11 +208,17 @@ class Grant:
         wait_s: how long to wait before asking again, when not granted.
         window: the shared window's number; an answer's report names it
             (see :meth:`SharedWindow.saw`).
+        charged_next: granted so near the window's end that the server may count
+            it in the next one: it was charged to both (the answer may say which).
+        said_remaining: the lowest ``remaining`` any process's answers had said of
+            the window when it was granted (``None``: none yet).
     """
 
     granted: bool
     wait_s: float
     window: int = 0
+    charged_next: bool = False
+    said_remaining: int | None = None
 
 
 @dataclass(slots=True)
@@ -188,6 +230,11 @@ class _Report:
     ends_at: float | None = None  # the caller's clock: the latest the window may end
     ends_after: float | None = None  # the caller's clock: the earliest it may end
     later: int = 0  # requests the server counted in a later window than this one
+    refund: int = 0  # charged to the next window too, counted in this one
+    # What the answers counted in a later window said of it (the next one).
+    next_remaining: int | None = None
+    next_ends_at: float | None = None
+    next_ends_after: float | None = None
 
 
 class SharedWindow:
@@ -277,6 +324,8 @@ class SharedWindow:
         ends_at: float | None,
         later: bool = False,
         ends_after: float | None = None,
+        charged_next: bool = False,
+        surely_here: bool = False,
     ) -> None:
         """Remember what an answer said of shared window ``window``; sent with the next call.
 
@@ -287,10 +336,15 @@ class SharedWindow:
                 end, from its reset header; ``None`` when it had none.
             later: the server counted it in a later window than the one it was
                 granted in (it was in flight when the server's window turned,
-                before anyone knew): it is charged to the next shared window,
-                and what it says describes that one, not ``window``.
+                before anyone knew): it is charged to the next shared window
+                (unless it already was: ``charged_next``), and what it says
+                describes that one, not ``window``.
             ends_after: the earliest moment (the caller's clock) the window may
                 end, from its reset header less its rounding.
+            charged_next: its :attr:`Grant.charged_next`.
+            surely_here: the server counted it in the window it was granted in
+                (its ``remaining`` is below one said of that window before it was
+                sent): charged to the next window too, it is given back there.
         """
         if window <= 0:
             return
@@ -300,18 +354,17 @@ class SharedWindow:
         elif window < report.window:
             return  # about a window already over
         if later:
-            report.later += 1
+            if not charged_next:
+                report.later += 1
+            report.next_remaining = _lowest(report.next_remaining, remaining)
+            report.next_ends_at = _lowest(report.next_ends_at, ends_at)
+            report.next_ends_after = _highest(report.next_ends_after, ends_after)
             return
-        if remaining is not None:
-            report.remaining = (
-                remaining if report.remaining is None else min(report.remaining, remaining)
-            )
-        if ends_at is not None:
-            report.ends_at = ends_at if report.ends_at is None else min(report.ends_at, ends_at)
-        if ends_after is not None:
-            report.ends_after = (
-                ends_after if report.ends_after is None else max(report.ends_after, ends_after)
-            )
+        if charged_next and surely_here:
+            report.refund += 1
+        report.remaining = _lowest(report.remaining, remaining)
+        report.ends_at = _lowest(report.ends_at, ends_at)
+        report.ends_after = _highest(report.ends_after, ends_after)
 
     def pause(self, seconds: float) -> None:
         """Ask every process to pause; sent with the next call."""
@@ -342,8 +395,13 @@ class SharedWindow:
             return Grant(True, 0.0)
         from redis.exceptions import RedisError  # noqa: PLC0415
 
-        report = self._report or _Report(0)
+        # Taken before the call, not after: calls of one process overlap (each waits
+        # on Redis), and a report must be counted once (a refund twice admits one
+        # too many; a later request twice charges one too many).
+        report, pause_s = self._report or _Report(0), self._pause_s
+        self._report, self._pause_s = None, 0.0
         ends, after = report.ends_at, report.ends_after
+        next_ends, next_after = report.next_ends_at, report.next_ends_after
         args = [
             limit or 0,
             report.window,
@@ -351,7 +409,7 @@ class SharedWindow:
             repr(0.0 if ends is None else ends - now),
             -1 if report.remaining is None else report.remaining,
             repr(max(fallback_s, 0.05)),
-            repr(self._pause_s),
+            repr(pause_s),
             repr(self.probe_s),
             1 if take else 0,
             _TTL_MS,
@@ -359,6 +417,12 @@ class SharedWindow:
             report.later,
             0 if after is None else 1,
             repr(0.0 if after is None else after - now),
+            0 if next_ends is None else 1,
+            repr(0.0 if next_ends is None else next_ends - now),
+            0 if next_after is None else 1,
+            repr(0.0 if next_after is None else next_after - now),
+            -1 if report.next_remaining is None else report.next_remaining,
+            report.refund,
         ]
         try:
             answer = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
@@ -372,7 +436,18 @@ class SharedWindow:
                 error=type(exc).__name__,
             )
             return Grant(True, 0.0)
-        granted, wait, window = answer
-        self._report = None
-        self._pause_s = 0.0
-        return Grant(bool(int(granted)), max(float(wait), 0.0), int(window))
+        granted, wait, window, twice, *said = answer
+        said_remaining = int(said[0]) if said and int(said[0]) >= 0 else None
+        return Grant(
+            bool(int(granted)), max(float(wait), 0.0), int(window), bool(int(twice)), said_remaining
+        )
+
+
+def _lowest(old: _N | None, new: _N | None) -> _N | None:
+    """The lower of two readings, either of which may be missing."""
+    return new if old is None else old if new is None else min(old, new)
+
+
+def _highest(old: _N | None, new: _N | None) -> _N | None:
+    """The higher of two readings, either of which may be missing."""
+    return new if old is None else old if new is None else max(old, new)
