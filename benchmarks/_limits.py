@@ -51,9 +51,15 @@ class FetcherUnderTest:
     Args:
         root: a tree whose ``fetcher`` package is run instead of the installed one
             (``PYTHONPATH=root``); ``None``: the installed one (this tree, editable).
+        launch_at: seconds into the server's window at which the processes are
+            launched (``None``: at once, wherever the window is). A run's figures
+            depend on where in a window it starts; this makes a start reproducible,
+            e.g. to compare two trees on a late start. The first request arrives one
+            interpreter start-up later (about 0.3-0.5 s).
     """
 
     root: Path | None = None
+    launch_at: float | None = None
 
     def env(self) -> dict[str, str]:
         """The processes' environment: the simulator's key, and the tree's path if given."""
@@ -66,6 +72,14 @@ class FetcherUnderTest:
         on ``sys.path``, ahead of ``PYTHONPATH``, and would import this tree's fetcher.
         """
         return measure(fetcher_argv(*args), env=self.env(), cwd=cwd)
+
+    def wait_to_launch(self, sim: Simulator) -> None:
+        """Sleep until :attr:`launch_at` seconds into the window of ``sim``'s server."""
+        if self.launch_at is None:
+            return
+        windows = windows_of(sim.stats())
+        now = time.time()
+        time.sleep((windows.opening(now) + self.launch_at - now) % windows.window_s)
 
     def package(self) -> Path:
         """The directory of the ``fetcher`` package these processes import."""
@@ -197,6 +211,7 @@ def run_together(
         return fetcher.run(args, tmp)
 
     sim.reset()
+    fetcher.wait_to_launch(sim)
     with ThreadPoolExecutor(len(names)) as pool:
         measured = list(pool.map(one, argvs))
     return [

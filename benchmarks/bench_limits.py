@@ -140,6 +140,7 @@ def one_process(
             stage.mkdir(parents=True, exist_ok=True)
             offset = clock_offset()
             sim.reset()
+            fetcher.wait_to_launch(sim)
             measured = fetcher.run(export_args(sim, stage, "fetcher", sim.user_ids), stage)
             run = finish("fetcher", stage, measured, users)
             stats = sim.stats(events=True)
@@ -281,7 +282,8 @@ def processes(
     targets = [
         Target(
             "together (ideal / first start to last finish)",
-            f"{together:.2f} ({ideal:.2f} s / {end - start:.2f} s)",
+            f"{together:.2f} ({ideal:.2f} s / {end - start:.2f} s; started "
+            f"{start - windows.opening(start):.2f} s into a window)",
             f">= {together_target:g}",
             together >= together_target and complete,
         ),
@@ -323,6 +325,7 @@ def processes(
         "ideal_s": round(ideal, 3),
         "span_s": round(end - start, 3),
         "together": round(together, 3),
+        "start_in_window_s": round(start - windows.opening(start), 3),
         "slower_over_faster": round(spread, 3),
         "after_first_finished": recovery,
         "runs": [r.figures() for r in runs],
@@ -405,6 +408,7 @@ def scenario_i(
         tmp.mkdir(parents=True, exist_ok=True)
         offset = clock_offset()
         sim.reset()
+        fetcher.wait_to_launch(sim)
         measured = fetcher.run(export_args(sim, tmp, "fetcher", sim.user_ids), tmp)
         run = finish("fetcher", tmp, measured, users)
         stats = sim.stats(events=True)

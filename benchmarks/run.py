@@ -573,6 +573,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="(e)-(j): run the fetcher of the tree at PATH (PYTHONPATH=PATH) against this "
         "tree's simulator, e.g. a git worktree of an older commit",
     )
+    parser.add_argument(
+        "--launch-at",
+        type=float,
+        metavar="SECONDS",
+        help="(e)-(i): launch the fetcher processes this many seconds into the server's "
+        "window (default: at once); a late start is where the rate limiter loses most",
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
@@ -583,7 +590,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--fetcher-root {args.fetcher_root}: no fetcher/__init__.py there")
         if unrooted := [s for s in chosen if s not in ROOTED]:
             parser.error(f"--fetcher-root applies to (e)-(j), not to ({unrooted[0]})")
-    fetcher_under_test = FetcherUnderTest(args.fetcher_root)
+    if args.launch_at is not None and args.launch_at < 0:
+        parser.error(f"--launch-at {args.launch_at:g}: seconds into the window, 0 or more")
+    fetcher_under_test = FetcherUnderTest(args.fetcher_root, args.launch_at)
     sizes = QUICK if args.quick else FULL
     info = machine()
     print(f"machine: {info['cpus']} CPUs ({info['cpu_model']}), Python {info['python']}, "

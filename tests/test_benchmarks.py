@@ -139,3 +139,21 @@ def test_quick_scenario_k_runs_both_dlt_pipelines_to_a_complete_table() -> None:
         # one probe of the member list, then the 20 pages (refusals are asked again)
         answered = [s["requests"] - s["refused"] for s in steps]
         assert answered == [21, 20, 21, 20]  # team_stats_source, RESTClient; extract, run
+
+
+def test_launch_at_waits_until_that_far_into_the_servers_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--launch-at``: the processes go at that point of the server's window, not at once."""
+    from benchmarks import _limits  # noqa: PLC0415
+
+    class Server:
+        def stats(self) -> dict[str, Any]:
+            return {"rate": {"window_s": 2.0, "phase_s": 0.37}}
+
+    slept: list[float] = []
+    monkeypatch.setattr("benchmarks._limits.time.time", lambda: 1000.0)  # 1.63 s into one
+    monkeypatch.setattr("benchmarks._limits.time.sleep", slept.append)
+    for launch_at in (1.8, 0.5, None):
+        _limits.FetcherUnderTest(launch_at=launch_at).wait_to_launch(Server())  # type: ignore[arg-type]
+    assert slept == [pytest.approx(0.17), pytest.approx(0.87)]
