@@ -9,8 +9,10 @@ import pytest
 
 from fetcher import Client, MemorySink, export
 from fetcher.errors import ConfigError
-from fetcher.http.shared import SharedWindow, shared_key
+from fetcher.http.limiter import Limiter
+from fetcher.http.shared import Grant, SharedWindow, shared_key
 from fetcher.simulator import SimulatorConfig, serve
+from tests.fakes import FakeClock
 from tests.integration import KEY, assert_same_rows, spec_for
 from tests.test_check import closed_port
 
@@ -335,3 +337,167 @@ async def test_answers_counted_in_the_next_window_tell_its_end_and_budget() -> N
         assert (await window.take(limit=3, fallback_s=0.2, now=clock())).granted
     finally:
         await window.aclose()
+
+
+class _GrantsAll:
+    """A shared budget that grants every turn in its window 1 and keeps what is reported.
+
+    Granted with ``ends_in_s`` to the window's sure end, after another process's
+    answer said ``said`` of it: what a process's first request carries.
+    """
+
+    probe_s = 10.0
+
+    def __init__(self, *, ends_in_s: float, said: int) -> None:
+        self.grant = Grant(
+            True, 0.0, 1, charged_next=True, said_remaining=said, ends_in_s=ends_in_s
+        )
+        self.reports: list[dict[str, Any]] = []
+        self.waiting = 0  # reports not sent yet
+        self.told: list[int] = []  # reports sent by tell(), taking no turn
+
+    async def take(self, **_: Any) -> Grant:
+        self.waiting = 0  # a turn carries the reports
+        return self.grant
+
+    def saw(self, window: int, **report: Any) -> None:
+        self.reports.append({"window": window, **report})
+        self.waiting += 1
+
+    @property
+    def telling(self) -> bool:
+        return self.waiting > 0
+
+    async def tell(self, **_: Any) -> None:
+        self.told.append(self.waiting)
+        self.waiting = 0
+
+    def pause(self, seconds: float) -> None:
+        pass
+
+    async def aclose(self, **_: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("reset", "later"), [("2", True), ("1", False)])
+async def test_a_first_answer_whose_window_ends_after_the_granted_one_was_counted_later(
+    reset: str, later: bool
+) -> None:
+    """A process's first answer, its window's end after the shared window's: counted later.
+
+    The shared window's sure end is 0.5 s after the grant; another process said 19
+    were left of it. Our first answer says 17 left: below 19, it looks counted in
+    the granted window (and, charged to the next too, would be given back there).
+    Its reset says otherwise when the window it was counted in cannot end before
+    the granted one's end ("2" whole seconds, read 0.1 s after the send: the end is
+    at least 1 s after the send): it was counted in the next window, which the
+    others must hear (nothing given back; what it says is the next window's). With
+    "1" the end may be the granted window's: counted there, given back.
+    """
+    clock = FakeClock()
+    shared = _GrantsAll(ends_in_s=0.5, said=19)
+    limiter = Limiter(
+        clock=clock,
+        wall_clock=clock.wall,
+        sleep=clock.sleep,
+        shared=shared,  # type: ignore[arg-type]
+    )
+    async with clock.running():
+        async with limiter.slot() as ticket:
+            await clock.sleep(0.1)
+        headers = {
+            "x-ratelimit-limit": "20",
+            "x-ratelimit-remaining": "17",
+            "x-ratelimit-reset": reset,
+        }
+        limiter.observe(200, headers, ticket)
+    [report] = shared.reports
+    assert report["window"] == 1 and report["remaining"] == 17
+    assert report["later"] is later
+    assert report["surely_here"] is not later
+
+
+def _shared_limiter(clock: FakeClock, shared: _GrantsAll) -> Limiter:
+    return Limiter(
+        clock=clock,
+        wall_clock=clock.wall,
+        sleep=clock.sleep,
+        shared=shared,  # type: ignore[arg-type]
+        max_in_flight=16,
+        max_auto_in_flight=32,
+    )
+
+
+def _answer(remaining: int, reset: str = "1") -> dict[str, str]:
+    return {
+        "x-ratelimit-limit": "20",
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": reset,
+    }
+
+
+async def test_the_first_window_left_to_a_process_goes_at_once_with_the_shared_budget() -> None:
+    """Its first answer left it the rest of a window that ends within a second: all in flight.
+
+    Held at 16 in flight, the last 3 of 19 waited a round trip, past the window's
+    end, and a run that started late in a window took one more window. The shared
+    budget still grants each of them.
+    """
+    clock = FakeClock()
+    limiter = _shared_limiter(clock, _GrantsAll(ends_in_s=0.9, said=19))
+    async with clock.running():
+        async with limiter.slot() as ticket:
+            await clock.sleep(0.1)
+        limiter.observe(200, _answer(19), ticket)
+    assert limiter.max_in_flight == 20
+
+
+async def test_a_process_waiting_for_its_next_window_tells_the_others_what_it_heard() -> None:
+    """What the answers said goes to the shared budget even when no turn is asked for.
+
+    A process that spent its share asks for no turn until its next window, and the
+    others, without its report of where the window ends, fell back on a guessed
+    length: 1 s on a 2 s window, and 16 of the next quota refused.
+    """
+    clock = FakeClock()
+    shared = _GrantsAll(ends_in_s=1.9, said=20)
+    limiter = _shared_limiter(clock, shared)
+    async with clock.running():
+        tickets = []
+        for _ in range(2):
+            async with limiter.slot() as ticket:
+                tickets.append(ticket)
+        await clock.sleep(0.1)
+        for ticket, left in zip(tickets, (1, 0), strict=True):
+            limiter.observe(200, _answer(left, reset="2"), ticket)
+        assert shared.waiting == 2 and not shared.told
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_one_more, limiter)
+                await clock.sleep(0.2)  # the third waits for the window to end
+                scope.cancel()
+    assert shared.told == [2]
+
+
+async def _one_more(limiter: Limiter) -> None:
+    async with limiter.slot():
+        pass
+
+
+async def test_what_one_process_tells_taking_no_turn_reaches_the_others_grants() -> None:
+    """``tell``: a report sent without a turn; the next process's grant knows the window's end."""
+    first, second = await _window("tell"), await _window("tell")
+    second.key = first.key
+    try:
+        grant = await first.take(limit=5, fallback_s=1.0, now=0.0)
+        assert (await second.take(limit=5, fallback_s=1.0, now=0.0)).ends_in_s is None
+        first.saw(grant.window, remaining=3, ends_at=1.5)
+        assert first.telling
+        await first.tell(limit=5, fallback_s=1.0, now=0.0)
+        assert not first.telling
+        after = await second.take(limit=5, fallback_s=1.0, now=0.0)
+        assert after.granted and after.said_remaining == 3
+        assert after.ends_in_s == pytest.approx(1.5, abs=0.1)
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -64,7 +64,7 @@ from fetcher.errors import ValueConfigError
 from fetcher.http.quota import Quota, Ticket, earliest_end, latest_end, read_reset
 
 if TYPE_CHECKING:
-    from fetcher.http.shared import SharedWindow
+    from fetcher.http.shared import Grant, SharedWindow
 
 __all__ = ["Limiter", "LimiterStats", "Rate", "header_int", "one_second_of", "parse_reset"]
 
@@ -269,9 +269,8 @@ class Limiter:
         self._wall = wall_clock
         self._sleep = sleep
         self.shared = shared
-        self._granted_window = 0  # the shared window the last turn was granted in
-        self._granted_twice = False  # ... and whether it was charged to the next one too
-        self._granted_said: int | None = None  # ... and what had been said of that window
+        self._grant: Grant | None = None  # the last turn's grant from the shared budget
+        self._grant_ends_at: float | None = None  # ... the sure end of its window, our clock
         # Our window number -> the shared window its first request was granted in.
         self._shared_at_open: dict[int, int] = {}
         self._answered = False
@@ -352,14 +351,15 @@ class Limiter:
                 ticket = dataclasses.replace(ticket, probe=True)
                 self._probe_out = ticket
                 self.stats.probes += 1
-            if self._granted_window:
+            if (grant := self._grant) is not None and grant.window:
                 ticket = dataclasses.replace(
                     ticket,
-                    shared_window=self._granted_window,
-                    shared_twice=self._granted_twice,
-                    shared_said=self._granted_said,
+                    shared_window=grant.window,
+                    shared_twice=grant.charged_next,
+                    shared_said=grant.said_remaining,
+                    shared_ends_at=self._grant_ends_at,
                 )
-                self._shared_at_open.setdefault(ticket.window, self._granted_window)
+                self._shared_at_open.setdefault(ticket.window, grant.window)
             self._in_flight += 1
             self.stats.requests += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
@@ -513,17 +513,28 @@ class Limiter:
         if self.shared is not None:
             # What this answer says of the shared window its request was granted in.
             remaining = header_int(headers, "x-ratelimit-remaining")
+            after = None if reset is None else earliest_end(ticket, now, reset)
+            # Later than the shared window it was granted in: its window ends after that
+            # one's sure end (what a process's first answers can tell), or our own
+            # window says so, if that shared window was ours too when our window began
+            # (else ours was behind).
+            later = (
+                after is not None
+                and ticket.shared_ends_at is not None
+                and after >= ticket.shared_ends_at
+            ) or (
+                self.quota.counted_later
+                and self._shared_at_open.get(ticket.window) == ticket.shared_window
+            )
             self.shared.saw(
                 ticket.shared_window,
                 remaining=0 if refused else remaining,
                 ends_at=None if reset is None else latest_end(ticket, now, reset) + self._margin,
-                ends_after=None if reset is None else earliest_end(ticket, now, reset),
-                # Later than the shared window it was granted in: only if that shared
-                # window was ours too when our window began (else ours was behind).
-                later=self.quota.counted_later
-                and self._shared_at_open.get(ticket.window) == ticket.shared_window,
+                ends_after=after,
+                later=later,
                 charged_next=ticket.shared_twice,
                 surely_here=not refused
+                and not later
                 and not self.quota.counted_later
                 and _below(remaining, ticket.said_remaining, ticket.shared_said),
             )
@@ -548,8 +559,7 @@ class Limiter:
         if period is None or period.hi == math.inf:
             end = self.quota.sure_end
             if (
-                self.shared is None
-                and self.quota.window == 0
+                self.quota.window == 0
                 and self.quota.alone_at_first
                 and end is not None
                 and end - self._clock() <= 1.0
@@ -558,7 +568,8 @@ class Limiter:
                 # of it: what it has left may go at once (held at 16, the last of 40
                 # would wait a round trip, past its end). Lent for this window only: no
                 # window length is known yet. With someone else's requests already in
-                # it, the later ones show how much they spend (see Quota.budget).
+                # it, the later ones show how much they spend (see Quota.budget). With
+                # --shared-limiter the shared budget still grants each of them.
                 lent = self.max_in_flight
                 self._raise_in_flight(limit)
                 self._lent += self.max_in_flight - lent
@@ -708,8 +719,14 @@ class Limiter:
                     # The oldest of the last n sends must be a whole span ago.
                     next_at = max(next_at, self._sent[0] + self._window_s + self._margin)
                 delay = next_at - now
-            if delay is not None and delay <= 0 and self.shared is not None:
-                delay = await self._shared_turn(now)
+            if self.shared is not None:
+                if delay is not None and delay <= 0:
+                    delay = await self._shared_turn(now)
+                elif self.shared.telling:
+                    # Not asking for a turn: what the answers said goes to the others now.
+                    await self.shared.tell(
+                        limit=self._shared_limit(), fallback_s=self._fallback_s(), now=now
+                    )
             if delay is not None and delay <= 0:
                 break
             waited = True
@@ -724,14 +741,17 @@ class Limiter:
     async def _shared_turn(self, now: float) -> float:
         """Take this request's turn from the shared budget: 0, or how long to wait first."""
         assert self.shared is not None
-        quota = self.quota
-        period = quota.period.hi if quota.period is not None else self._default_pause
         grant = await self.shared.take(
-            limit=self._shared_limit(), fallback_s=period, now=now, rtt_s=quota.rtt
+            limit=self._shared_limit(), fallback_s=self._fallback_s(), now=now, rtt_s=self.quota.rtt
         )
-        self._granted_window, self._granted_twice = grant.window, grant.charged_next
-        self._granted_said = grant.said_remaining
+        self._grant = grant
+        self._grant_ends_at = None if grant.ends_in_s is None else self._clock() + grant.ends_in_s
         return 0.0 if grant.granted else max(grant.wait_s, 0.001)
+
+    def _fallback_s(self) -> float:
+        """The window length the shared budget assumes while no one knows the window's end."""
+        period = self.quota.period
+        return period.hi if period is not None else self._default_pause
 
     def _shared_limit(self) -> int | None:
         """The limit to tell the shared budget: known, ``None`` before any answer, or -1."""

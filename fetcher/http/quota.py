@@ -165,6 +165,8 @@ class Ticket:
             (:attr:`~fetcher.http.shared.Grant.charged_next`).
         shared_said: the lowest ``remaining`` any process on the shared budget
             had reported of its window when it was granted.
+        shared_ends_at: the sure end of that window (the caller's clock) when it
+            was granted (``None``: none known).
         probe: sent after the window's quota was spent, to find where the window
             ends: refused, it says only that the window had not ended yet.
         page: a page of the run (``False``: the team member list, a key probe,
@@ -179,6 +181,7 @@ class Ticket:
     shared_window: int = 0
     shared_twice: bool = False
     shared_said: int | None = None
+    shared_ends_at: float | None = None
     probe: bool = False
     page: bool = True
 

@@ -82,7 +82,7 @@ _TTL_MS: Final = 3_600_000
 #     the server counted in the reported one: the next one gets them back.
 # Returns {granted 0/1, seconds to wait before asking again, the window number,
 #   1 if the grant was charged to the next window too, the lowest remaining said of the
-#   window before it (-1: none)}.
+#   window before it (-1: none), seconds from now to the window's sure end (-1: none)}.
 _TAKE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -188,7 +188,9 @@ if (wend ~= nil and now + rtt >= wend) or (lo ~= nil and now + rtt >= lo) then
   twice = 1
 end
 save()
-return {1, '0', win, twice, rem or -1}
+local ends_in = -1
+if wend ~= nil then ends_in = math.max(wend - now, 0) end
+return {1, '0', win, twice, rem or -1, tostring(ends_in)}
 """
 
 
@@ -212,6 +214,9 @@ class Grant:
             it in the next one: it was charged to both (the answer may say which).
         said_remaining: the lowest ``remaining`` any process's answers had said of
             the window when it was granted (``None``: none yet).
+        ends_in_s: seconds from the grant to the window's sure end (``None``: no
+            one knows it yet). An answer whose window cannot end before it was
+            counted in a later window.
     """
 
     granted: bool
@@ -219,6 +224,7 @@ class Grant:
     window: int = 0
     charged_next: bool = False
     said_remaining: int | None = None
+    ends_in_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -370,6 +376,22 @@ class SharedWindow:
         """Ask every process to pause; sent with the next call."""
         self._pause_s = max(self._pause_s, seconds)
 
+    @property
+    def telling(self) -> bool:
+        """Something is waiting to be sent: a report of answers, or a pause."""
+        return self._report is not None or self._pause_s > 0
+
+    async def tell(self, *, limit: int | None, fallback_s: float, now: float) -> None:
+        """Send what is waiting (:attr:`telling`) now, taking no turn.
+
+        A process that has spent its share of a window asks for no turn until the
+        next, and its answers' reports (where the window ends) would wait with it,
+        while the others, not knowing the end, fall back on a guessed length: with
+        a 2 s window and a guess of 1 s, the next window's quota went 1 s early and
+        was refused. Arguments as for :meth:`take`.
+        """
+        await self._call(limit=limit, fallback_s=fallback_s, now=now, take=False)
+
     async def take(
         self, *, limit: int | None, fallback_s: float, now: float, rtt_s: float = 0.0
     ) -> Grant:
@@ -436,10 +458,16 @@ class SharedWindow:
                 error=type(exc).__name__,
             )
             return Grant(True, 0.0)
-        granted, wait, window, twice, *said = answer
-        said_remaining = int(said[0]) if said and int(said[0]) >= 0 else None
+        granted, wait, window, twice, *more = answer
+        said_remaining = int(more[0]) if more and int(more[0]) >= 0 else None
+        ends_in = float(more[1]) if len(more) > 1 and float(more[1]) >= 0 else None
         return Grant(
-            bool(int(granted)), max(float(wait), 0.0), int(window), bool(int(twice)), said_remaining
+            bool(int(granted)),
+            max(float(wait), 0.0),
+            int(window),
+            bool(int(twice)),
+            said_remaining,
+            ends_in,
         )
 
 
