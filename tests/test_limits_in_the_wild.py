@@ -501,3 +501,29 @@ def test_a_length_measured_while_the_assumed_one_is_set_aside_is_a_measured_one(
     assert quota.period is not None and (quota.period.lo, quota.period.hi) == pytest.approx(
         (1.8, 2.0)
     )
+
+
+@pytest.mark.parametrize("into", [0.6, 0.7, 0.8])
+async def test_a_server_counting_on_answer_has_our_late_counted_burst_taken_for_ours(
+    into: float,
+) -> None:
+    """Counted when answered, our first burst falls in the next window: not someone else's.
+
+    The server checks a request on arrival against the hits counted so far and
+    counts it when it answers (the simulator's ``rate_count_on="answer"``). A run
+    that starts late in a window sends its first burst after page 1's answer; the
+    burst is counted in the next window, whose first answer of ours then says it
+    is spent: it looked spent by another client, no probe went to find its end,
+    and half of each window was kept back for that client (7.2-8.3 s for 200
+    pages here, 0.51 of the limit on the simulator). One probe now settles it:
+    admitted, the window had ended early, and what looked like the others' was
+    our own burst.
+    """
+    server = Throttler(40, 1.0, phase_s=1000 - into, count_on_answer=True)
+    clock = FakeClock()
+    limiter = make(clock, max_auto_in_flight=40)
+    async with clock.running():
+        outcome = await drive(limiter, server, clock, 200, first_alone=True, decided_at=0.0)
+    assert outcome.elapsed <= 5.0, outcome.elapsed  # 6 windows: 4.69-4.84 s
+    assert outcome.refused <= 0.02 * 200
+    assert not limiter.quota.shared

@@ -37,6 +37,10 @@ class Throttler:
         sliding: a sliding log instead of fixed windows.
         foreign_per_window: requests another client spends per window, evenly spaced.
         retry_after: refusals carry ``Retry-After`` (whole seconds, rounded up).
+        count_on_answer: a request is checked on arrival against the hits counted
+            so far, and its hit counted only when it is answered (:meth:`answered`),
+            in the window in force then, as the simulator's ``rate_count_on="answer"``
+            does: requests in flight are invisible to the check and to ``remaining``.
     """
 
     limit: int
@@ -46,6 +50,7 @@ class Throttler:
     sliding: bool = False
     foreign_per_window: int = 0
     retry_after: bool = True
+    count_on_answer: bool = False
     hits: list[float] = field(default_factory=list)
     refused: int = 0
     foreign_refused: int = 0
@@ -69,9 +74,15 @@ class Throttler:
         used = sum(1 for t in self.hits if start <= t < end)
         admitted = used < self.limit
         if admitted:
-            self.hits.append(now)
+            if not self.count_on_answer:
+                self.hits.append(now)
             used += 1
         return admitted, self.limit - used, end - now
+
+    def answered(self, now: float, *, admitted: bool) -> None:
+        """An answer goes out at ``now``: with :attr:`count_on_answer` its hit counts now."""
+        if self.count_on_answer and admitted:
+            self.hits.append(now)
 
     def headers(self, clock: FakeClock, remaining: int, reset_in: float) -> dict[str, str]:
         """The answer's rate-limit headers."""
@@ -136,11 +147,13 @@ async def drive(
     foreign_until: float | None = None,
     first_alone: bool = False,
     first: int = 1,
+    decided_at: float = 0.5,
 ) -> Outcome:
     """Fetch ``n`` pages through ``limiter`` from ``workers`` tasks, each retried until admitted.
 
-    The server decides each request half the latency after it is sent and the
-    answer arrives the other half later.
+    The server decides each request ``decided_at`` of the latency after it is
+    sent (half: it counts requests as they arrive; 1: as it answers them, the
+    answer at once) and the answer arrives the rest of the latency later.
     """
     started = clock()
     done_at: list[float] = []
@@ -155,10 +168,11 @@ async def drive(
             queue.pop()
             while True:
                 async with limiter.slot() as ticket:
-                    await clock.sleep(latency_s / 2)
+                    await clock.sleep(latency_s * decided_at)
                     admitted, remaining, reset_in = server.decide(clock())
                     headers = server.headers(clock, remaining, reset_in)
-                    await clock.sleep(latency_s / 2)
+                    await clock.sleep(latency_s * (1 - decided_at))
+                    server.answered(clock(), admitted=admitted)
                     if admitted:
                         limiter.observe(200, headers, ticket)
                     else:

@@ -255,6 +255,11 @@ class Quota:
         self._period: _Span | None = None  # the window's length (see period)
         self._confirmed = False  # an answer was counted in the current window
         self._others = 0
+        #: The others of this window were first seen at its first answer, nobody's
+        #: before: they may be our own (see :meth:`_take_report`).
+        self._others_unsure = False
+        self._answers = 0  # answers counted in the current window
+        self._last_ours = 0  # requests of ours sent in the window before the current one
         #: What others spent in each of the last windows (see :meth:`budget`).
         self._others_seen: deque[int] = deque(maxlen=_OTHERS_MEMORY)
         #: The first window's first report: (remaining, its request's seq).
@@ -276,8 +281,22 @@ class Quota:
 
     @property
     def shared(self) -> bool:
-        """Another client spends the same budget (seen in this window or a recent one)."""
-        return self._others > 0 or any(self._others_seen)
+        """Another client spends the same budget (seen in this window or a recent one).
+
+        Not while the only sign is this window's unsure first answer
+        (:attr:`others_unsure`): the probe of its end is what settles it.
+        """
+        return (self._others > 0 and not self._others_unsure) or any(self._others_seen)
+
+    @property
+    def others_unsure(self) -> bool:
+        """This window looked spent by someone else at its first answer, nobody before.
+
+        Where the server counts a request when it answers it, a burst sent late in
+        a window and answered after its end was counted in the next one: at that
+        window's first answer ours look like someone else's.
+        """
+        return self._others > 0 and self._others_unsure
 
     @property
     def precise(self) -> bool:
@@ -441,6 +460,10 @@ class Quota:
         )
         if ticket.window == self.window and newer:
             # A window began between the send that last reported and this one's.
+            if self._others_unsure and self._others <= self._last_ours:
+                # The one before it ended early, and what looked like the others'
+                # could all have been ours of the window before: ours, counted late.
+                self._others = 0
             start = _Span(max(self._ref_sent_at, self._end_lo), ticket.sent_at)
             self._begin(start, open_seq=ticket.seq - 1)
             self._confirm()
@@ -597,23 +620,33 @@ class Quota:
             # back, what the others spent meanwhile shows, and the rest may go.
             self._first_half_heard += 1
             self._heard_after_first = self._first_half_heard >= first[0] - first[0] // 2
-        if self.limit is not None and not refused:
-            if self.window > 0:
-                # Counted before this answer, less every request of ours sent in the
-                # window by now: the rest were someone else's.
-                self._others = max(self._others, self.limit - remaining - self._ours())
-            elif self._first_said is None:
-                if ticket.page:  # a key probe's answer is not the run's first
-                    # The first window may have been spent before the run: only what
-                    # others spend after our first answer in it is theirs.
-                    self._first_said = (remaining, ticket.seq)
-                    # The run's lone first request (a paginator's page 1): what follows
-                    # is its first burst (see budget). With others of ours out, no.
-                    self._heard_after_first = ticket.seq != self._sent_seq
-            else:
-                said, seq = self._first_said
-                self._others = max(self._others, said - remaining - (self._sent_seq - seq))
+        if not refused:
+            if self.limit is not None:
+                self._count_others(ticket, remaining, self.limit)
+            self._answers += 1
         del now
+
+    def _count_others(self, ticket: Ticket, remaining: int, limit: int) -> None:
+        """What an admitted answer says the others spent of the current window."""
+        if self.window > 0:
+            # Counted before this answer, less every request of ours sent in the
+            # window by now: the rest were someone else's.
+            others = limit - remaining - self._ours()
+            if others > self._others:
+                if self._others == 0:
+                    self._others_unsure = self._answers == 0 and not any(self._others_seen)
+                self._others = others
+        elif self._first_said is None:
+            if ticket.page:  # a key probe's answer is not the run's first
+                # The first window may have been spent before the run: only what
+                # others spend after our first answer in it is theirs.
+                self._first_said = (remaining, ticket.seq)
+                # The run's lone first request (a paginator's page 1): what follows
+                # is its first burst (see budget). With others of ours out, no.
+                self._heard_after_first = ticket.seq != self._sent_seq
+        else:
+            said, seq = self._first_said
+            self._others = max(self._others, said - remaining - (self._sent_seq - seq))
 
     def _ours(self) -> int:
         """Requests of ours sent so far that the current window may have counted."""
@@ -635,6 +668,7 @@ class Quota:
         """A new window: its first send time, its quota unknown, its end projected."""
         if self._start is not None and self._confirmed:
             self._prev_start = self._start
+        self._last_ours = open_seq - self._open_seq  # sent in the window that ends
         self.window += 1
         start.lo = min(start.lo, start.hi)
         self._start = start
@@ -647,6 +681,8 @@ class Quota:
         self._assumed = False
         self._others_seen.append(self._others)
         self._others = 0
+        self._others_unsure = False
+        self._answers = 0
         self._end_lo, self._end_hi = start.hi, None
         self._guessed = False
         self._adopted = 0
