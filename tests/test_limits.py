@@ -244,8 +244,22 @@ async def test_headers_set_the_pace_not_the_refusals() -> None:
         limiter.refused(2.0, window_headers(20, 0, 2), ticket)
         assert limiter.interval_s == 0.0
         times = await send_times(limiter, clock, 20)
-    # Paused for the window's end, then the whole fresh window at once.
-    assert times == [pytest.approx(1002.0)] * 20
+    # Paused for the window's end, then the whole fresh window at once; one probe
+    # halfway through the span the end may be in ("2" in whole seconds: the second
+    # before 1002), alone on the key: it asks whether the window ended early.
+    assert times == [pytest.approx(1001.5)] + [pytest.approx(1002.0)] * 19
+
+
+async def test_a_pause_of_a_server_that_says_its_window_to_the_millisecond_has_no_probe() -> None:
+    """Fractional resets and ``Retry-After``: the pause is exact, nothing goes before its end."""
+    clock = FakeClock()
+    limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    async with clock.running():
+        async with limiter.slot() as ticket:
+            pass
+        limiter.refused(1.5, window_headers(20, 0, 1.5), ticket)
+        times = await send_times(limiter, clock, 20)
+    assert times == [pytest.approx(1001.5)] * 20
 
 
 async def test_non_adaptive_limiter_ignores_headers() -> None:

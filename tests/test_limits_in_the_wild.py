@@ -503,7 +503,7 @@ def test_a_length_measured_while_the_assumed_one_is_set_aside_is_a_measured_one(
     )
 
 
-@pytest.mark.parametrize("into", [0.6, 0.7, 0.8])
+@pytest.mark.parametrize("into", [0.6, 0.7, 0.8, 0.9, 0.95])
 async def test_a_server_counting_on_answer_has_our_late_counted_burst_taken_for_ours(
     into: float,
 ) -> None:
@@ -517,7 +517,11 @@ async def test_a_server_counting_on_answer_has_our_late_counted_burst_taken_for_
     and half of each window was kept back for that client (7.2-8.3 s for 200
     pages here, 0.51 of the limit on the simulator). One probe now settles it:
     admitted, the window had ended early, and what looked like the others' was
-    our own burst.
+    our own burst. Later in the window (0.9, 0.95) the burst is counted in the
+    first window after all, the resets put its end a second late, and the next
+    window's first request is refused with "Retry-After: 1": every worker waited
+    out the next window whole, and the run sent every other window (5.4-8.4 s).
+    One request halfway through the pause now asks whether the window ended.
     """
     server = Throttler(40, 1.0, phase_s=1000 - into, count_on_answer=True)
     clock = FakeClock()

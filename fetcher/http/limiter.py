@@ -283,6 +283,7 @@ class Limiter:
         self._probe_window = -1
         self._probe_at: float | None = None
         self._probe_due = False
+        self._pause_probe_at: float | None = None  # see refused
         self._probe_out: Ticket | None = None  # the probe in flight, if any
         self._probe_high = False  # the last probe was refused: the next goes further in
         self._last_send = -math.inf
@@ -392,6 +393,10 @@ class Limiter:
         self._read_window(headers, ticket, refused=False)
         if 200 <= status < 300:
             self._since_refusal_n += 1
+        if ticket is not None and ticket.probe and self.quota.window > ticket.window:
+            # A probe found a new window: a pause for the old one is over.
+            self._paused_until = min(self._paused_until, self._clock())
+            self._pause_probe_at = None
         if self._state() != before:
             self._wake()
 
@@ -443,6 +448,7 @@ class Limiter:
             pause = self._default_pause
         pause = min(pause, self._max_pause)
         self._paused_until = max(self._paused_until, now + pause + self._margin)
+        self._pause_probe_at = self._pause_probe_time(now, retry_after)
         if self.shared is not None:
             self.shared.pause(pause + self._margin)
         if self.adaptive and not self.quota.headers_seen:
@@ -703,6 +709,44 @@ class Limiter:
             return self._probe_at
         return None  # not now: asked again at the next turn (the end may be read by then)
 
+    def _pause_probe_time(self, now: float, retry_after: float | None) -> float | None:
+        """When one request may go during a refusal's pause, to ask if the window ended.
+
+        Only with nobody else on the key, a whole-second (or no) ``Retry-After``,
+        and the window's end known to the second only: halfway through the span
+        it may end in before the pause does (admitted, a new window began and the
+        pause is over; refused, it had not ended, and nobody else pauses longer).
+        A server that counts on answer refuses just before its window's end with
+        "Retry-After: 1" while its resets put the end up to a second later: every
+        worker then waited out the whole next window too, and a run sent every
+        other window (0.55 of the limit on the fake clock).
+        """
+        quota = self.quota
+        if (
+            not self.adaptive
+            or self.shared is not None
+            or not quota.keep_back
+            or not quota.headers_seen
+            or quota.shared
+            or quota.precise
+            or (retry_after is not None and retry_after != int(retry_after))
+        ):
+            return None
+        lo = max(now, quota.end[0])
+        if self._paused_until - lo <= 2 * _PROBE_PRECISION_S:
+            return None
+        return lo + (self._paused_until - lo) / 2
+
+    def _paused_delay(self, now: float) -> float:
+        """How long a pause still holds the next send: 0 for the pause's probe (see refused)."""
+        delay = self._paused_until - now
+        if (probe_at := self._pause_probe_at) is None:
+            return delay
+        if now < probe_at:
+            return min(delay, probe_at - now)
+        self._pause_probe_at, self._probe_due = None, True
+        return 0.0
+
     async def _wait_turn(self) -> None:
         waited = False
         started = self._clock()
@@ -710,7 +754,7 @@ class Limiter:
             now = self._clock()
             delay: float | None = 0.0
             if now < self._paused_until:
-                delay = self._paused_until - now
+                delay = self._paused_delay(now)
             elif self.adaptive:
                 delay = self._server_delay(now)
             if delay is not None and delay <= 0:
