@@ -234,16 +234,21 @@ async def test_adaptive_pace_drops_after_a_refusal_and_recovers_in_time() -> Non
     assert intervals[-1] == 0.0  # full speed within a few windows
 
 
-async def test_headers_set_the_pace_not_the_refusals() -> None:
-    """A server that sends headers is followed by them: a refusal pauses, it sets no pace."""
+async def sends_after_refusal(retry_after: float, reset: float) -> tuple[list[float], Limiter]:
+    """20 sends after a refusal at 1000 with ``Retry-After`` and a reset of ``reset``."""
     clock = FakeClock()
     limiter = make(clock, max_in_flight=10, margin_s=0.0)
     async with clock.running():
         async with limiter.slot() as ticket:
             pass
-        limiter.refused(2.0, window_headers(20, 0, 2), ticket)
-        assert limiter.interval_s == 0.0
-        times = await send_times(limiter, clock, 20)
+        limiter.refused(retry_after, window_headers(20, 0, reset), ticket)
+        return await send_times(limiter, clock, 20), limiter
+
+
+async def test_headers_set_the_pace_not_the_refusals() -> None:
+    """A server that sends headers is followed by them: a refusal pauses, it sets no pace."""
+    times, limiter = await sends_after_refusal(2.0, 2)
+    assert limiter.interval_s == 0.0
     # Paused for the window's end, then the whole fresh window at once; one probe
     # halfway through the span the end may be in ("2" in whole seconds: the second
     # before 1002), alone on the key: it asks whether the window ended early.
@@ -252,13 +257,7 @@ async def test_headers_set_the_pace_not_the_refusals() -> None:
 
 async def test_a_pause_of_a_server_that_says_its_window_to_the_millisecond_has_no_probe() -> None:
     """Fractional resets and ``Retry-After``: the pause is exact, nothing goes before its end."""
-    clock = FakeClock()
-    limiter = make(clock, max_in_flight=10, margin_s=0.0)
-    async with clock.running():
-        async with limiter.slot() as ticket:
-            pass
-        limiter.refused(1.5, window_headers(20, 0, 1.5), ticket)
-        times = await send_times(limiter, clock, 20)
+    times, _ = await sends_after_refusal(1.5, 1.5)
     assert times == [pytest.approx(1001.5)] * 20
 
 
