@@ -249,7 +249,14 @@ class Windows:
 
 
 def ideal_s(
-    windows: Windows, *, start: float, pages: int, first: int, quota: int, latency_s: float
+    windows: Windows,
+    *,
+    start: float,
+    pages: int,
+    first: int,
+    quota: int,
+    latency_s: float,
+    count_on: str = "arrival",
 ) -> float:
     """The least time from ``start`` in which ``quota`` requests per window get ``pages`` done.
 
@@ -259,6 +266,14 @@ def ideal_s(
     window in force then, and a whole quota the moment each later window opens. The
     ideal ends one latency after the window in which the last request goes opens (or
     after the page-1 answers, if the last request fits in that first window).
+
+    With ``count_on="answer"`` a request counts in the window in force when it is
+    answered, one latency after it is sent, as the simulator's ``--rate-count-on
+    answer`` counts it: page 1 and the burst after its answer may then fall in
+    different windows, and a burst answered after the first window's end counts
+    in the next (it cannot be in the first: the server would count it there only
+    by admitting more than its limit). Later windows' quotas go at their openings
+    as on arrival, counted within them.
 
     Args:
         windows: the server's windows.
@@ -272,9 +287,10 @@ def ideal_s(
         raise ValueError(f"first={first} must be between 1 and the quota {quota}")
     if pages <= first:
         return latency_s
+    lag = latency_s if count_on == "answer" else 0.0  # from a send to its count
     t = start + latency_s  # page 1 answered: the rest may go
-    k = windows.index(t)
-    used = first if k == windows.index(start) else 0
+    k = windows.index(t + lag)
+    used = first if k == windows.index(start + lag) else 0
     left = pages - first
     while True:
         left -= min(left, quota - used)

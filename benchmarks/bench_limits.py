@@ -148,7 +148,7 @@ def one_process(
         traffic = Traffic.of(stats, windows, offset)
         ideal = ideal_s(
             windows, start=run.started, pages=pages, first=queries, quota=limits.limit,
-            latency_s=limits.latency_ms / 1000,
+            latency_s=limits.latency_ms / 1000, count_on=count_on,
         )  # fmt: skip
         share = ideal / run.fetch_s
         ok = share >= utilisation and run.complete

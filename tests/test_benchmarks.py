@@ -157,3 +157,25 @@ def test_launch_at_waits_until_that_far_into_the_servers_window(
     for launch_at in (1.8, 0.5, None):
         _limits.FetcherUnderTest(launch_at=launch_at).wait_to_launch(Server())  # type: ignore[arg-type]
     assert slept == [pytest.approx(0.17), pytest.approx(0.87)]
+
+
+def test_the_ideal_counts_a_hit_where_the_server_counts_it() -> None:
+    """Counted on answer, a burst answered after the first window's end counts in the next.
+
+    40 per 1 s, 150 ms latency, 200 pages. Started 0.75 s into a window, page 1 is
+    answered at 0.9 s: on arrival the burst after it fits the first window (five
+    windows in all); counted on answer it is counted at 1.05 s, in the second, and
+    the run needs six. Started early in a window the two agree.
+    """
+    from benchmarks._limits import Windows, ideal_s  # noqa: PLC0415
+
+    windows = Windows(window_s=1.0, phase_s=0.0)
+
+    def ideal(start: float, count_on: str = "arrival") -> float:
+        return ideal_s(
+            windows, start=start, pages=200, first=1, quota=40, latency_s=0.15, count_on=count_on
+        )
+
+    assert ideal(1000.75) == pytest.approx(3.4)
+    assert ideal(1000.75, "answer") == pytest.approx(4.4)
+    assert ideal(1000.2, "answer") == pytest.approx(ideal(1000.2))
