@@ -412,6 +412,9 @@ class Limiter:
         is known sooner and better: a whole-second ``Retry-After: 1`` on a
         window that ends in 0.2 s would waste most of a window. With no
         ``Retry-After``, until the window's end, else ``default_pause_s``.
+        Alone on the key, with the end known to the second only, one request
+        goes during the pause to ask whether the window ended (see
+        :meth:`_pause_probe_time`).
 
         Args:
             retry_after: seconds the server asked to wait, if it said.
@@ -827,9 +830,11 @@ class Limiter:
 def _below(remaining: int | None, said: int | None, shared_said: int | None) -> bool:
     """An answer's ``remaining`` is below what was said of its window before it went.
 
-    Then the server counted it in that window: a new window's count starts again
-    from the limit. What this process had heard (``said``) comes first; for its
-    first request, what the shared budget had heard from the others.
+    Then the server counted it in that window, unless a later window had already
+    counted more than that one had (a new window's count starts again from the
+    limit): the caller rules that out first, from the answer's reset. What this
+    process had heard (``said``) comes first; for its first request, what the
+    shared budget had heard from the others.
     """
     before = said if said is not None else shared_said
     return remaining is not None and before is not None and remaining < before
