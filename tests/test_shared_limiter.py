@@ -501,3 +501,27 @@ async def test_what_one_process_tells_taking_no_turn_reaches_the_others_grants()
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_reports_of_two_windows_waiting_together_are_both_sent() -> None:
+    """An answer of the window before arrives with the current one's: neither is dropped.
+
+    One report was kept, of the newest window: a request of window w counted in
+    w + 1 (to charge there) was lost when an answer of w + 1 came before the next
+    call, and w + 1 let one too many go.
+    """
+    window, clock = await _window("two-reports"), anyio.current_time
+    try:
+        t0 = clock()
+        first = [await window.take(limit=3, fallback_s=5.0, now=clock()) for _ in range(3)]
+        window.saw(first[0].window, remaining=0, ends_at=t0 + 0.2)
+        assert not (await window.take(limit=3, fallback_s=5.0, now=clock())).granted
+        await anyio.sleep(t0 + 0.25 - clock())
+        opened = await window.take(limit=3, fallback_s=5.0, now=clock())
+        assert opened.granted and opened.window == first[0].window + 1
+        window.saw(first[1].window, remaining=None, ends_at=None, later=True)  # counted in w + 1
+        window.saw(opened.window, remaining=None, ends_at=None)
+        rest = [await window.take(limit=3, fallback_s=5.0, now=clock()) for _ in range(2)]
+        assert [g.granted for g in rest] == [True, False]  # 3 in w + 1: opened, the late one, 1
+    finally:
+        await window.aclose()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -242,6 +242,17 @@ class _Report:
     next_ends_at: float | None = None
     next_ends_after: float | None = None
 
+    def merge(self, other: _Report) -> None:
+        """Add what ``other`` (a report of the same window) says to this one."""
+        self.remaining = _lowest(self.remaining, other.remaining)
+        self.ends_at = _lowest(self.ends_at, other.ends_at)
+        self.ends_after = _highest(self.ends_after, other.ends_after)
+        self.later += other.later
+        self.refund += other.refund
+        self.next_remaining = _lowest(self.next_remaining, other.next_remaining)
+        self.next_ends_at = _lowest(self.next_ends_at, other.next_ends_at)
+        self.next_ends_after = _highest(self.next_ends_after, other.next_ends_after)
+
 
 class SharedWindow:
     """The shared budget of one key, in Redis.
@@ -275,7 +286,9 @@ class SharedWindow:
         self._client = client
         self._script: object = None
         self.failed = False
-        self._report: _Report | None = None
+        #: What answers said, by shared window, not yet sent (the last two windows:
+        #: the script reads reports of its current window and the one before).
+        self._reports: dict[int, _Report] = {}
         self._pause_s = 0.0
 
     @property
@@ -317,7 +330,7 @@ class SharedWindow:
                 is unknown) and that has nothing more to send tells it here;
                 else every other process waits out the probe's hold.
         """
-        if (self._report is not None or limit is not None) and now is not None:
+        if (self._reports or limit is not None) and now is not None:
             await self._call(limit=limit, fallback_s=1.0, now=now, take=False)
         if self._client is not None:
             await self._client.aclose()
@@ -354,11 +367,13 @@ class SharedWindow:
         """
         if window <= 0:
             return
-        report = self._report
-        if report is None or window > report.window:
-            report = self._report = _Report(window)
-        elif window < report.window:
-            return  # about a window already over
+        if self._reports and window < max(self._reports) - 1:
+            return  # about a window long over
+        report = self._reports.get(window)
+        if report is None:
+            report = self._reports[window] = _Report(window)
+            for old in [w for w in self._reports if w < window - 1]:
+                del self._reports[old]
         if later:
             if not charged_next:
                 report.later += 1
@@ -379,7 +394,7 @@ class SharedWindow:
     @property
     def telling(self) -> bool:
         """Something is waiting to be sent: a report of answers, or a pause."""
-        return self._report is not None or self._pause_s > 0
+        return bool(self._reports) or self._pause_s > 0
 
     async def tell(self, *, limit: int | None, fallback_s: float, now: float) -> None:
         """Send what is waiting (:attr:`telling`) now, taking no turn.
@@ -415,13 +430,86 @@ class SharedWindow:
     ) -> Grant:
         if self.failed or self._script is None:
             return Grant(True, 0.0)
-        from redis.exceptions import RedisError  # noqa: PLC0415
-
         # Taken before the call, not after: calls of one process overlap (each waits
         # on Redis), and a report must be counted once (a refund twice admits one
-        # too many; a later request twice charges one too many).
-        report, pause_s = self._report or _Report(0), self._pause_s
-        self._report, self._pause_s = None, 0.0
+        # too many; a later request twice charges one too many). A report of the
+        # window before goes first, on its own: the script reads one report a call.
+        reports = [self._reports[w] for w in sorted(self._reports)] or [_Report(0)]
+        pause_s = self._pause_s
+        self._reports, self._pause_s = {}, 0.0
+        try:
+            for n, report in enumerate(reports):
+                last = n == len(reports) - 1
+                answer = await self._run(
+                    report,
+                    limit=limit,
+                    fallback_s=fallback_s,
+                    now=now,
+                    take=take and last,
+                    rtt_s=rtt_s,
+                    pause_s=pause_s if last else 0.0,
+                )
+                reports[n] = _Report(0)  # sent
+        except BaseException as exc:
+            # Not sent (cancelled, or Redis failed): kept for the next call.
+            for report in reports:
+                if report.window > 0:
+                    self._keep(report)
+            self._pause_s = max(self._pause_s, pause_s)
+            if not self._gone(exc):
+                raise
+            return Grant(True, 0.0)
+        if answer is None:
+            return Grant(True, 0.0)
+        granted, wait, window, twice, *more = answer
+        said_remaining = int(more[0]) if more and int(more[0]) >= 0 else None
+        ends_in = float(more[1]) if len(more) > 1 and float(more[1]) >= 0 else None
+        return Grant(
+            bool(int(granted)),
+            max(float(wait), 0.0),
+            int(window),
+            bool(int(twice)),
+            said_remaining,
+            ends_in,
+        )
+
+    def _keep(self, report: _Report) -> None:
+        """Put back a report that was not sent, with what came meanwhile."""
+        kept = self._reports.get(report.window)
+        if kept is None:
+            self._reports[report.window] = report
+        else:
+            kept.merge(report)
+
+    def _gone(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says Redis went away: warn once, carry on with the local limiter."""
+        from redis.exceptions import RedisError  # noqa: PLC0415
+
+        if not isinstance(exc, RedisError | OSError):
+            return False
+        if not self.failed:
+            self.failed = True
+            _log.warning(
+                "shared limiter unreachable; carrying on with this process's own limiter",
+                url=self.display_url,
+                error=type(exc).__name__,
+            )
+        return True
+
+    async def _run(
+        self,
+        report: _Report,
+        *,
+        limit: int | None,
+        fallback_s: float,
+        now: float,
+        take: bool,
+        rtt_s: float,
+        pause_s: float,
+    ) -> list[Any] | None:
+        """One run of the script with one report; ``None`` when Redis already went away."""
+        if self.failed or self._script is None:
+            return None
         ends, after = report.ends_at, report.ends_after
         next_ends, next_after = report.next_ends_at, report.next_ends_after
         args = [
@@ -446,29 +534,8 @@ class SharedWindow:
             -1 if report.next_remaining is None else report.next_remaining,
             report.refund,
         ]
-        try:
-            answer = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
-        except (RedisError, OSError) as exc:
-            if self.failed:
-                return Grant(True, 0.0)  # another call waiting on Redis already said so
-            self.failed = True
-            _log.warning(
-                "shared limiter unreachable; carrying on with this process's own limiter",
-                url=self.display_url,
-                error=type(exc).__name__,
-            )
-            return Grant(True, 0.0)
-        granted, wait, window, twice, *more = answer
-        said_remaining = int(more[0]) if more and int(more[0]) >= 0 else None
-        ends_in = float(more[1]) if len(more) > 1 and float(more[1]) >= 0 else None
-        return Grant(
-            bool(int(granted)),
-            max(float(wait), 0.0),
-            int(window),
-            bool(int(twice)),
-            said_remaining,
-            ends_in,
-        )
+        answer: list[Any] = await self._script(keys=[self.key], args=args)  # type: ignore[operator]
+        return answer
 
 
 def _lowest(old: _N | None, new: _N | None) -> _N | None:
