@@ -234,10 +234,13 @@ async def test_adaptive_pace_drops_after_a_refusal_and_recovers_in_time() -> Non
     assert intervals[-1] == 0.0  # full speed within a few windows
 
 
-async def sends_after_refusal(retry_after: float, reset: float) -> tuple[list[float], Limiter]:
+async def sends_after_refusal(
+    retry_after: float, reset: float, *, refills: bool = True
+) -> tuple[list[float], Limiter]:
     """20 sends after a refusal at 1000 with ``Retry-After`` and a reset of ``reset``."""
     clock = FakeClock()
     limiter = make(clock, max_in_flight=10, margin_s=0.0)
+    limiter.quota.refills = refills
     async with clock.running():
         async with limiter.slot() as ticket:
             pass
@@ -253,6 +256,12 @@ async def test_headers_set_the_pace_not_the_refusals() -> None:
     # halfway through the span the end may be in ("2" in whole seconds: the second
     # before 1002), alone on the key: it asks whether the window ended early.
     assert times == [pytest.approx(1001.5)] + [pytest.approx(1002.0)] * 19
+
+
+async def test_a_pause_on_a_server_whose_windows_do_not_refill_has_no_probe() -> None:
+    """A sliding window frees one slot at a time: an admitted probe says no window began."""
+    times, _ = await sends_after_refusal(2.0, 2, refills=False)
+    assert times == [pytest.approx(1002.0)] * 20
 
 
 async def test_a_pause_of_a_server_that_says_its_window_to_the_millisecond_has_no_probe() -> None:

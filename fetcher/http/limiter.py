@@ -729,7 +729,9 @@ class Limiter:
             not self.adaptive
             or self.shared is not None
             or not quota.keep_back
+            or self.rate is not None
             or not quota.headers_seen
+            or not quota.refills
             or quota.shared
             or quota.precise
             or (retry_after is not None and retry_after != int(retry_after))
@@ -741,14 +743,11 @@ class Limiter:
         return lo + (self._paused_until - lo) / 2
 
     def _paused_delay(self, now: float) -> float:
-        """How long a pause still holds the next send: 0 for the pause's probe (see refused)."""
+        """How long a pause still holds the next send: 0 once its probe is due (see refused)."""
         delay = self._paused_until - now
         if (probe_at := self._pause_probe_at) is None:
             return delay
-        if now < probe_at:
-            return min(delay, probe_at - now)
-        self._pause_probe_at, self._probe_due = None, True
-        return 0.0
+        return max(min(delay, probe_at - now), 0.0)
 
     async def _wait_turn(self) -> None:
         waited = False
@@ -775,6 +774,10 @@ class Limiter:
                         limit=self._shared_limit(), fallback_s=self._fallback_s(), now=now
                     )
             if delay is not None and delay <= 0:
+                if now < self._paused_until:
+                    # The pause's probe goes (see refused); the others wait on. Armed
+                    # only now: a probe flag left set would mark a later request.
+                    self._pause_probe_at, self._probe_due = None, True
                 break
             waited = True
             await self._wait(delay)

@@ -525,6 +525,7 @@ class Quota:
             # count: the others spent it, all but ours decided before this one.
             before = ticket.seq - 1 - self._open_seq + self._adopted
             self._others = max(self._others, self.limit - max(before, 0))
+            self._others_unsure = False  # refused with budget left: not ours counted late
         elif refused and self._assumed and self.limit is not None:
             ours = self._sent_seq - self._open_seq
             last = self._others_seen[-1] if self._others_seen else 0
@@ -636,6 +637,8 @@ class Quota:
                 if self._others == 0:
                     self._others_unsure = self._answers == 0 and not any(self._others_seen)
                 self._others = others
+            if self._others > self._last_ours:
+                self._others_unsure = False  # more than ours could have been: theirs
         elif self._first_said is None:
             if ticket.page:  # a key probe's answer is not the run's first
                 # The first window may have been spent before the run: only what
