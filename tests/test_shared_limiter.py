@@ -396,21 +396,11 @@ async def test_a_first_answer_whose_window_ends_after_the_granted_one_was_counte
     """
     clock = FakeClock()
     shared = _GrantsAll(ends_in_s=0.5, said=19)
-    limiter = Limiter(
-        clock=clock,
-        wall_clock=clock.wall,
-        sleep=clock.sleep,
-        shared=shared,  # type: ignore[arg-type]
-    )
+    limiter = _shared_limiter(clock, shared)
     async with clock.running():
         async with limiter.slot() as ticket:
             await clock.sleep(0.1)
-        headers = {
-            "x-ratelimit-limit": "20",
-            "x-ratelimit-remaining": "17",
-            "x-ratelimit-reset": reset,
-        }
-        limiter.observe(200, headers, ticket)
+        limiter.observe(200, _answer(17, reset=reset), ticket)
     [report] = shared.reports
     assert report["window"] == 1 and report["remaining"] == 17
     assert report["later"] is later
@@ -428,7 +418,7 @@ def _shared_limiter(clock: FakeClock, shared: _GrantsAll) -> Limiter:
     )
 
 
-def _answer(remaining: int, reset: str = "1") -> dict[str, str]:
+def _answer(remaining: int, *, reset: str = "1") -> dict[str, str]:
     return {
         "x-ratelimit-limit": "20",
         "x-ratelimit-remaining": str(remaining),

@@ -511,17 +511,17 @@ class Limiter:
         raw_reset = headers.get("x-ratelimit-reset")
         reset = None if raw_reset is None else read_reset(raw_reset, now_wall=self._wall())
         before = self.quota.window
+        remaining = header_int(headers, "x-ratelimit-remaining")
         self.quota.observe(
             ticket,
             now=now,
-            remaining=header_int(headers, "x-ratelimit-remaining"),
+            remaining=remaining,
             limit=header_int(headers, "x-ratelimit-limit"),
             reset=reset,
             refused=refused,
         )
         if self.shared is not None:
             # What this answer says of the shared window its request was granted in.
-            remaining = header_int(headers, "x-ratelimit-remaining")
             after = None if reset is None else earliest_end(ticket, now, reset)
             # Later than the shared window it was granted in: its window ends after that
             # one's sure end (what a process's first answers can tell), or our own
@@ -693,11 +693,8 @@ class Limiter:
             return self._probe_at  # this window's probe: when it goes, or None once it went
         lo, hi = quota.end
         if (
-            self.shared is None
-            and quota.keep_back
-            and not quota.shared
+            self._alone_on_refilling_windows()
             and not quota.halving
-            and quota.refills
             # A length known well enough to carry what a probe finds over to the
             # next window.
             and quota.period is not None
@@ -711,6 +708,16 @@ class Limiter:
             self._probe_window, self._probe_at = quota.window, lo + at * (hi - lo)
             return self._probe_at
         return None  # not now: asked again at the next turn (the end may be read by then)
+
+    def _alone_on_refilling_windows(self) -> bool:
+        """What any probe of a window's end needs: nobody else on the key, windows that refill.
+
+        With another client a refusal says nothing of the window's end; where a
+        window frees one slot at a time (a sliding log), an admitted probe says no
+        window began.
+        """
+        quota = self.quota
+        return self.shared is None and quota.keep_back and not quota.shared and quota.refills
 
     def _pause_probe_time(self, now: float, retry_after: float | None) -> float | None:
         """When one request may go during a refusal's pause, to ask if the window ended.
@@ -727,12 +734,9 @@ class Limiter:
         quota = self.quota
         if (
             not self.adaptive
-            or self.shared is not None
-            or not quota.keep_back
+            or not self._alone_on_refilling_windows()
             or self.rate is not None
             or not quota.headers_seen
-            or not quota.refills
-            or quota.shared
             or quota.precise
             or (retry_after is not None and retry_after != int(retry_after))
         ):

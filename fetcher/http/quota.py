@@ -283,20 +283,12 @@ class Quota:
     def shared(self) -> bool:
         """Another client spends the same budget (seen in this window or a recent one).
 
-        Not while the only sign is this window's unsure first answer
-        (:attr:`others_unsure`): the probe of its end is what settles it.
+        Not while the only sign is this window's first answer, nobody's before: where
+        the server counts a request when it answers it, a burst sent late in a window
+        and answered after its end was counted in the next one, and at that window's
+        first answer ours look like someone else's. The probe of its end settles it.
         """
         return (self._others > 0 and not self._others_unsure) or any(self._others_seen)
-
-    @property
-    def others_unsure(self) -> bool:
-        """This window looked spent by someone else at its first answer, nobody before.
-
-        Where the server counts a request when it answers it, a burst sent late in
-        a window and answered after its end was counted in the next one: at that
-        window's first answer ours look like someone else's.
-        """
-        return self._others > 0 and self._others_unsure
 
     @property
     def precise(self) -> bool:

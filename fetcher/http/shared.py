@@ -375,17 +375,22 @@ class SharedWindow:
             for old in [w for w in self._reports if w < window - 1]:
                 del self._reports[old]
         if later:
-            if not charged_next:
-                report.later += 1
-            report.next_remaining = _lowest(report.next_remaining, remaining)
-            report.next_ends_at = _lowest(report.next_ends_at, ends_at)
-            report.next_ends_after = _highest(report.next_ends_after, ends_after)
-            return
-        if charged_next and surely_here:
-            report.refund += 1
-        report.remaining = _lowest(report.remaining, remaining)
-        report.ends_at = _lowest(report.ends_at, ends_at)
-        report.ends_after = _highest(report.ends_after, ends_after)
+            said = _Report(
+                window,
+                later=0 if charged_next else 1,
+                next_remaining=remaining,
+                next_ends_at=ends_at,
+                next_ends_after=ends_after,
+            )
+        else:
+            said = _Report(
+                window,
+                remaining=remaining,
+                ends_at=ends_at,
+                ends_after=ends_after,
+                refund=1 if charged_next and surely_here else 0,
+            )
+        report.merge(said)
 
     def pause(self, seconds: float) -> None:
         """Ask every process to pause; sent with the next call."""
