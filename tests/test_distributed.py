@@ -172,21 +172,32 @@ class Workers:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self) -> None:
+    async def stop_all(self) -> None:
+        """SIGTERM each, and wait for it (SIGKILL after 30 s) without blocking the loop.
+
+        The simulator runs on this event loop: a worker stopped with a page in
+        hand finishes it first, and a blocking wait would leave that page's
+        request unanswered until the worker's own timeout, past the 30 s.
+        """
         for proc in self.procs:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(timeout=30)
+                await exited(proc)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+                await exited(proc)
         for file in self.files:
             file.close()
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+async def exited(proc: subprocess.Popen[bytes]) -> int:
+    """``proc.wait(timeout=30)`` in a thread: the simulator on this loop goes on answering."""
+    return await anyio.to_thread.run_sync(lambda: proc.wait(timeout=30))
 
 
 @pytest.fixture
@@ -234,7 +245,7 @@ async def job_with_workers(
         try:
             yield Job(sim, config, environ, job, workers, enqueued)
         finally:
-            workers.stop_all()
+            await workers.stop_all()
 
 
 async def committed_pages(run: Job) -> dict[tuple[str, int], int]:
@@ -348,7 +359,7 @@ async def test_a_worker_killed_mid_job_and_a_new_one_finish_it_exactly(
         first = run.workers.start()
         await poll_until(lambda state: state["pages"] >= 6, run.job, run.environ)
         os.kill(first.pid, signal.SIGKILL)
-        first.wait()
+        await exited(first)
         _, mid = await status(run.job, run.environ)
         assert mid["units"]["done"] < 18  # killed mid-job
         committed = await committed_pages(run)
@@ -395,7 +406,7 @@ async def test_after_redis_loses_its_queue_enqueue_sends_exactly_what_is_not_don
         worker = run.workers.start()
         await poll_until(lambda state: state["units"]["done"] >= 3, run.job, run.environ)
         os.kill(worker.pid, signal.SIGTERM)  # it commits its page and sends its units back
-        worker.wait(timeout=30)
+        await exited(worker)
         forget_the_queue()  # Redis keeps nothing on disk here, and restarted
         committed = await committed_pages(run)
         code, state = await status(run.job, run.environ)
@@ -434,7 +445,7 @@ async def test_failures_a_refused_key_and_a_unit_out_of_attempts(
             workers.start()
             code, state = await status(job, environ, "--wait", "--timeout", "60")
         finally:
-            workers.stop_all()
+            await workers.stop_all()
         assert code == 4, workers.logs()
         assert state["units"] == {"done": 8, "running": 0, "queued": 0, "failed": 4}
         assert {f["unit"].split("/")[0] for f in state["failed"]} == {"initech"}
@@ -450,7 +461,7 @@ async def test_failures_a_refused_key_and_a_unit_out_of_attempts(
             workers.start()
             code, state = await status(job, environ, "--wait", "--timeout", "60")
         finally:
-            workers.stop_all()
+            await workers.stop_all()
         assert code == 0, workers.logs()
         await assert_exact(sim, dsn, table)
 
@@ -496,7 +507,7 @@ async def test_sigterm_commits_the_page_in_hand_and_sends_the_rest_back(
         parent = run.workers.start("--processes", "2")
         await poll_until(lambda state: state["pages"] >= 10, run.job, run.environ)
         os.kill(parent.pid, signal.SIGTERM)
-        assert parent.wait(timeout=30) == 0, run.workers.logs()
+        assert await exited(parent) == 0, run.workers.logs()
         _, mid = await status(run.job, run.environ)
         assert mid["units"]["running"] == 0  # every unit in hand went back to the queue
         assert mid["units"]["done"] < 18
