@@ -389,6 +389,121 @@ async def test_the_first_windows_slots_are_lent_and_taken_back() -> None:
     assert limiter.max_in_flight == 16
 
 
+async def test_nothing_goes_on_a_window_s_quota_after_its_end() -> None:
+    """Quota left at the window's latest end: the next request waits for the margin's roll.
+
+    Sent between the end and the end plus the margin, a request was charged to
+    what the old window had left, but the server counted it in the next one,
+    whose whole quota then went at the roll as well: with the first burst's
+    second half late (a busy event loop), 15 such and the next window's 40 gave
+    4 refusals in CI.
+    """
+    clock = FakeClock()
+    limiter = make(clock, margin_s=0.02)
+    headers = {"x-ratelimit-limit": "40", "x-ratelimit-reset": "0.400"}
+    async with clock.running():
+        first = await sent(limiter)
+        clock.now += 0.1
+        limiter.observe(200, {**headers, "x-ratelimit-remaining": "39"}, first)
+        assert limiter.quota.budget() == 20  # the first burst's half: quota left
+        clock.now += 0.305  # 5 ms past the window's end (send time 1000.4)
+        late = await sent(limiter)
+    assert late.sent_at == pytest.approx(1000.42)  # at the roll, not at once
+    assert late.window == first.window + 1
+    assert limiter.quota.budget() == 39
+
+
+def test_requests_sent_at_a_window_s_end_hold_a_turn_in_the_next_until_answered() -> None:
+    """Still out at the roll, sent near the end: the next window keeps a turn for each.
+
+    The time from a send to the server's decision varies (a loaded loop, a new
+    connection): of requests sent in the last 2 ms before a sure end, some were
+    counted in the next window, whose whole quota had gone at its opening.
+    """
+    quota = Quota()
+    first = quota.sent(1000.0)
+    fraction = read_reset("0.500", now_wall=0.0)
+    quota.observe(first, now=1000.1, remaining=39, limit=40, reset=fraction)
+    quota.done(first)
+    early = quota.sent(1000.2)  # well before the end: counted in its window
+    late = [quota.sent(1000.495) for _ in range(3)]  # 5 ms before it
+    quota.roll(1000.52, slack_s=0.02)
+    assert quota.budget() == 40 - 3  # the early one is not held
+    # One answer says the window that ended counted it; another, that the new one did.
+    old_window = read_reset("0.005", now_wall=0.0)
+    quota.observe(late[0], now=1000.6, remaining=37, limit=40, reset=old_window)
+    assert quota.budget() == 40 - 2
+    new_window = read_reset("0.499", now_wall=0.0)
+    quota.observe(late[1], now=1000.6, remaining=39, limit=40, reset=new_window)
+    assert quota.budget() == 39 - 1  # its report counts it; the last is still held
+    quota.done(late[2])  # failed, never answered: no longer held
+    assert quota.budget() == 39
+    del early
+
+
+def test_a_window_opened_at_a_guessed_end_opens_with_one_request() -> None:
+    """No reading said where the window ends: at the guess, one request asks first.
+
+    A first answer read late (an epoch reset, 0.4 s into a loaded loop) said 0.1 s
+    of the window was left: the length guessed from it was 0.1 s of 0.5 s, and
+    each guessed end sent a whole quota, refused whole.
+    """
+    quota = Quota()
+    first = quota.sent(1000.0)
+    epoch = read_reset("1700000000.600", now_wall=1_700_000_000.5)
+    quota.observe(first, now=1000.4, remaining=39, limit=40, reset=epoch)
+    quota.done(first)
+    quota.roll(1000.5)  # a read end: the next window's whole quota
+    assert quota.budget() == 40
+    assert quota.sure_end is None  # its end only guessed, from the 0.1 s left
+    quota.roll(quota.end[1] or 0.0)
+    assert quota.budget() is None  # unknown until an answer says
+
+
+@pytest.mark.parametrize("reset", ["fraction", "epoch"])
+async def test_requests_slow_to_reach_the_server_move_no_window_end_early(reset: str) -> None:
+    """One request in four takes 120 ms more to reach the server: none is refused.
+
+    Its reading puts the window's end 120 ms early in send time for the other
+    three, which then went at that "end", landed in the full window, and were
+    refused: the wait after an end grows to the spread of the round trips.
+    """
+    server = Throttler(40, 1.0, phase_s=1000 - 0.3, reset=reset)  # type: ignore[arg-type]
+    clock = FakeClock()
+    limiter = make(clock)
+    async with clock.running():
+        outcome = await drive(
+            limiter,
+            server,
+            clock,
+            400,
+            first_alone=True,
+            delayed=lambda ticket: 0.12 * (ticket.seq % 4 == 0),
+        )
+    assert outcome.refused == 0
+    assert server.most_in_any_window() <= 40
+    # Still at the limit: 8.8 s (8.9 s with epoch resets) with no delays, 0.1-0.2 s more.
+    assert outcome.elapsed <= 9.2
+
+
+def test_a_window_opened_after_its_start_could_be_is_projected_from_its_opening() -> None:
+    """Rolled 20 ms after the last end, the new window is taken to begin by the roll.
+
+    Where windows begin at their first request (NestJS), the window opened at the
+    roll began when the first request sent then arrived, not at the last end: an
+    end projected from the last end was early by the margin and the send's delay,
+    and on a loaded machine the next window's first six were refused.
+    """
+    quota = Quota()
+    first = quota.sent(1000.0)
+    quota.observe(first, now=1000.1, remaining=39, limit=40, reset=read_reset("0.500", now_wall=0))
+    quota.done(first)
+    quota.roll(1000.52)
+    lo, hi = quota.end
+    assert lo == pytest.approx(1000.52)
+    assert hi == pytest.approx(1001.02)  # not 1001.0
+
+
 def test_a_whole_second_reset_read_just_after_a_start_is_taken_as_the_length() -> None:
     """A reset of "2" read less than a second after a window began: its length, 2 s, assumed."""
     one, two = read_reset("1", now_wall=0.0), read_reset("2", now_wall=0.0)

@@ -14,12 +14,14 @@ returns what the server saw.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 
 from fetcher.http.limiter import Limiter
+from fetcher.http.quota import Ticket
 from tests.fakes import FakeClock
 
 
@@ -35,6 +37,9 @@ class Throttler:
             rounded up (at least 1), ``"fraction"`` (milliseconds), ``"epoch"``
             (epoch seconds with milliseconds), or ``None`` (no rate headers).
         sliding: a sliding log instead of fixed windows.
+        first_request: each window begins at the first request after the last one
+            ended (NestJS's throttler, the simulator's ``first-request`` windows),
+            not at ``phase_s + k * window_s``.
         foreign_per_window: requests another client spends per window, evenly spaced.
         retry_after: refusals carry ``Retry-After`` (whole seconds, rounded up).
         count_on_answer: a request is checked on arrival against the hits counted
@@ -48,6 +53,7 @@ class Throttler:
     phase_s: float = 0.0
     reset: Literal["whole", "fraction", "epoch"] | None = "whole"
     sliding: bool = False
+    first_request: bool = False
     foreign_per_window: int = 0
     retry_after: bool = True
     count_on_answer: bool = False
@@ -55,7 +61,13 @@ class Throttler:
     refused: int = 0
     foreign_refused: int = 0
 
+    _opened: float | None = None  # the current window's start (first_request)
+
     def _window(self, now: float) -> tuple[float, float]:
+        if self.first_request:
+            if self._opened is None or now >= self._opened + self.window_s:
+                self._opened = now
+            return self._opened, self._opened + self.window_s
         k = math.floor((now - self.phase_s) / self.window_s)
         start = self.phase_s + k * self.window_s
         return start, start + self.window_s
@@ -107,8 +119,14 @@ class Throttler:
         if self.sliding:
             return max(sum(1 for t in self.hits if s <= t < s + self.window_s) for s in self.hits)
         counts: dict[float, int] = {}
-        for t in self.hits:
-            key = self._window(t)[0]
+        opened: float | None = None
+        for t in sorted(self.hits):
+            if self.first_request:
+                if opened is None or t >= opened + self.window_s:
+                    opened = t
+                key = opened
+            else:
+                key = self._window(t)[0]
             counts[key] = counts.get(key, 0) + 1
         return max(counts.values())
 
@@ -148,12 +166,16 @@ async def drive(
     first_alone: bool = False,
     first: int = 1,
     decided_at: float = 0.5,
+    delayed: Callable[[Ticket], float] | None = None,
 ) -> Outcome:
     """Fetch ``n`` pages through ``limiter`` from ``workers`` tasks, each retried until admitted.
 
     The server decides each request ``decided_at`` of the latency after it is
     sent (half: it counts requests as they arrive; 1: as it answers them, the
     answer at once) and the answer arrives the rest of the latency later.
+    ``delayed(ticket)`` adds that many seconds before the decision of the
+    request of ``ticket`` (a new connection's handshake, a busy event loop):
+    the delay from send to decision varies.
     """
     started = clock()
     done_at: list[float] = []
@@ -168,7 +190,8 @@ async def drive(
             queue.pop()
             while True:
                 async with limiter.slot() as ticket:
-                    await clock.sleep(latency_s * decided_at)
+                    extra = delayed(ticket) if delayed is not None else 0.0
+                    await clock.sleep(latency_s * decided_at + extra)
                     admitted, remaining, reset_in = server.decide(clock())
                     headers = server.headers(clock, remaining, reset_in)
                     await clock.sleep(latency_s * (1 - decided_at))
