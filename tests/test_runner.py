@@ -91,6 +91,22 @@ async def test_each_page_is_requested_once_with_meta() -> None:
     assert summary.requests == 10
 
 
+async def test_a_finished_query_keeps_no_user_ids() -> None:
+    """The user ids a query delivered (to drop repeats) go once it is finalized.
+
+    Kept for the run, 20,000 pages of 200 queries held 200,000 of them: benchmark
+    (d)'s peak RSS grew 45% from 1,000 pages to 20,000 (+15% once freed).
+    """
+    specs = [SPEC, SPEC.model_copy(update={"end": dt.datetime(2024, 1, 3, tzinfo=dt.UTC)})]
+    async with client(FakeAPI()) as c:
+        stream = c.pages(specs)
+        records = sum([len(page.records) async for page in stream])
+    plans = stream._paginator.schedule.plans
+    assert records == 2 * len(USERS)
+    assert all(plan.finalized and plan.records for plan in plans)
+    assert [plan.written for plan in plans] == [set(), set()]
+
+
 async def test_iterator_delivers_the_rest_then_raises_incomplete() -> None:
     """`async for` yields every good page, then raises IncompleteRunError naming the bad one."""
     api = FakeAPI(fail={3})

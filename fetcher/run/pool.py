@@ -479,6 +479,9 @@ class Paginator:
         plan.shortfall = plan.users_short()
         plan.missing_users = plan.missing_users_now() if plan.shortfall else ()
         plan.finalized = True
+        # Nothing of it is admitted any more: the user ids it delivered, kept to drop
+        # repeats, would stay for the run (200,000 of them: +15 MB over 20,000 pages).
+        plan.written = set()
         self._notify()
         if plan.duplicates or plan.repair_rounds:
             log.warning(
