@@ -15,6 +15,7 @@ import pytest
 
 from fetcher.http.limiter import Limiter
 from fetcher.http.quota import Quota, Ticket, _Span, read_reset
+from fetcher.http.shared import Grant
 from tests.fakes import FakeClock
 from tests.throttler import Outcome, Throttler, drive
 
@@ -502,6 +503,45 @@ def test_a_window_opened_after_its_start_could_be_is_projected_from_its_opening(
     lo, hi = quota.end
     assert lo == pytest.approx(1000.52)
     assert hi == pytest.approx(1001.02)  # not 1001.0
+
+
+class _SharedSpy:
+    """A shared budget that grants every turn and keeps what the limiter reports to it."""
+
+    telling = False
+
+    def __init__(self) -> None:
+        self.ends: list[float | None] = []
+
+    async def take(self, **_: object) -> Grant:
+        return Grant(granted=True, wait_s=0.0, window=1)
+
+    def saw(self, window: int, *, ends_at: float | None, **_: object) -> None:
+        self.ends.append(ends_at)
+
+    def pause(self, seconds: float) -> None:
+        pass
+
+
+async def test_the_end_told_to_the_shared_budget_carries_the_round_trips_spread() -> None:
+    """With --shared-limiter, a window's end is told to the others with the same wait.
+
+    The others' requests may reach the server sooner after their sends than this
+    process's did: the end told is the reading's, plus the margin or the spread of
+    this process's round trips, whichever is wider, as its own roll waits.
+    """
+    spy = _SharedSpy()
+    clock = FakeClock()
+    limiter = make(clock, margin_s=0.02, shared=spy)
+    headers = {"x-ratelimit-limit": "40", "x-ratelimit-remaining": "30", "x-ratelimit-reset": "1"}
+    async with clock.running():
+        quick, slow = await sent(limiter), await sent(limiter)
+        clock.now += 0.1
+        limiter.observe(200, headers, quick)
+        clock.now += 0.2
+        limiter.observe(200, {**headers, "x-ratelimit-remaining": "29"}, slow)
+    # Both sent at 1000.0 with "1" left: the end by 1001.0, plus 0.02, then plus 0.2.
+    assert spy.ends == [pytest.approx(1001.02), pytest.approx(1001.2)]
 
 
 def test_a_whole_second_reset_read_just_after_a_start_is_taken_as_the_length() -> None:

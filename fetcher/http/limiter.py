@@ -549,7 +549,7 @@ class Limiter:
             self.shared.saw(
                 ticket.shared_window,
                 remaining=0 if refused else remaining,
-                ends_at=None if reset is None else latest_end(ticket, now, reset) + self._margin,
+                ends_at=None if reset is None else latest_end(ticket, now, reset) + self._slack(),
                 ends_after=after,
                 later=later,
                 charged_next=ticket.shared_twice,
