@@ -37,9 +37,6 @@ class Throttler:
             rounded up (at least 1), ``"fraction"`` (milliseconds), ``"epoch"``
             (epoch seconds with milliseconds), or ``None`` (no rate headers).
         sliding: a sliding log instead of fixed windows.
-        first_request: each window begins at the first request after the last one
-            ended (NestJS's throttler, the simulator's ``first-request`` windows),
-            not at ``phase_s + k * window_s``.
         foreign_per_window: requests another client spends per window, evenly spaced.
         retry_after: refusals carry ``Retry-After`` (whole seconds, rounded up).
         count_on_answer: a request is checked on arrival against the hits counted
@@ -53,7 +50,6 @@ class Throttler:
     phase_s: float = 0.0
     reset: Literal["whole", "fraction", "epoch"] | None = "whole"
     sliding: bool = False
-    first_request: bool = False
     foreign_per_window: int = 0
     retry_after: bool = True
     count_on_answer: bool = False
@@ -61,13 +57,7 @@ class Throttler:
     refused: int = 0
     foreign_refused: int = 0
 
-    _opened: float | None = None  # the current window's start (first_request)
-
     def _window(self, now: float) -> tuple[float, float]:
-        if self.first_request:
-            if self._opened is None or now >= self._opened + self.window_s:
-                self._opened = now
-            return self._opened, self._opened + self.window_s
         k = math.floor((now - self.phase_s) / self.window_s)
         start = self.phase_s + k * self.window_s
         return start, start + self.window_s
@@ -119,14 +109,8 @@ class Throttler:
         if self.sliding:
             return max(sum(1 for t in self.hits if s <= t < s + self.window_s) for s in self.hits)
         counts: dict[float, int] = {}
-        opened: float | None = None
-        for t in sorted(self.hits):
-            if self.first_request:
-                if opened is None or t >= opened + self.window_s:
-                    opened = t
-                key = opened
-            else:
-                key = self._window(t)[0]
+        for t in self.hits:
+            key = self._window(t)[0]
             counts[key] = counts.get(key, 0) + 1
         return max(counts.values())
 
